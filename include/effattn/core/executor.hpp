@@ -1,0 +1,105 @@
+#pragma once
+// Where parallel work runs. The library never owns threads: it runs serially, on the OpenMP runtime
+// of a consumer that compiles with OpenMP, or on the caller's Eigen::ThreadPoolInterface.
+//
+// Parallelism has one shape in effattn: a fixed number of parts, part p handled start to finish by one
+// call f(p). Which thread runs a part never changes what the part computes, so outputs are bitwise
+// identical for any thread count.
+
+#include <algorithm>
+#include <functional>
+
+#include <unsupported/Eigen/CXX11/ThreadPool>
+
+#include "effattn/core/tensor.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+EFFATTN_BEGIN_NAMESPACE
+
+class Executor {
+ public:
+  enum class Kind { serial, openmp, pool };
+
+  // Default: OpenMP with its default team size when the including translation unit is compiled with
+  // OpenMP, serial otherwise.
+  Executor() noexcept
+#if defined(_OPENMP)
+      : kind_(Kind::openmp), threads_(0)
+#endif
+  {
+  }
+
+  static Executor serial() noexcept { return Executor(Kind::serial, 1, nullptr); }
+  // threads <= 0: omp_get_max_threads(). Serial when the consumer is not compiled with OpenMP.
+  static Executor openmp(int threads = 0) noexcept {
+#if defined(_OPENMP)
+    return Executor(Kind::openmp, threads, nullptr);
+#else
+    (void)threads;
+    return serial();
+#endif
+  }
+  // Runs parts on a pool the caller owns; the pool must outlive the call.
+  static Executor pool(Eigen::ThreadPoolInterface& pool) noexcept {
+    return Executor(Kind::pool, pool.NumThreads(), &pool);
+  }
+
+  [[nodiscard]] Kind kind() const noexcept { return kind_; }
+
+  [[nodiscard]] int num_threads() const noexcept {
+    switch (kind_) {
+      case Kind::serial: return 1;
+#if defined(_OPENMP)
+      case Kind::openmp: return threads_ > 0 ? threads_ : omp_get_max_threads();
+#else
+      case Kind::openmp: return 1;
+#endif
+      case Kind::pool: return std::max(1, pool_->NumThreads());
+    }
+    return 1;
+  }
+
+  // Calls f(worker, part) for every part in [0, parts), each exactly once, with worker in
+  // [0, num_threads()) naming the scratch slot the call may use. f must not throw.
+  template <class F>
+  void run(Index parts, F&& f) const {
+    const int threads = static_cast<int>(std::min<Index>(num_threads(), parts));
+    if (threads <= 1 || kind_ == Kind::serial) {
+      for (Index p = 0; p < parts; ++p) f(0, p);
+      return;
+    }
+    if (kind_ == Kind::openmp) {
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads)
+      {
+        const int w = omp_get_thread_num();
+        const int n = omp_get_num_threads();
+        for (Index p = w; p < parts; p += n) f(w, p);
+      }
+#endif
+      return;
+    }
+    Eigen::Barrier barrier(static_cast<unsigned>(threads - 1));
+    for (int w = 1; w < threads; ++w) {
+      pool_->Schedule([&, w] {
+        for (Index p = w; p < parts; p += threads) f(w, p);
+        barrier.Notify();
+      });
+    }
+    for (Index p = 0; p < parts; p += threads) f(0, p);
+    barrier.Wait();
+  }
+
+ private:
+  Executor(Kind kind, int threads, Eigen::ThreadPoolInterface* pool) noexcept
+      : kind_(kind), threads_(threads), pool_(pool) {}
+
+  Kind kind_ = Kind::serial;
+  int threads_ = 1;
+  Eigen::ThreadPoolInterface* pool_ = nullptr;
+};
+
+EFFATTN_END_NAMESPACE

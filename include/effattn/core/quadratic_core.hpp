@@ -1,0 +1,522 @@
+#pragma once
+// The quadratic core: softmax-style attention over (query tile x key tile) blocks, never holding an
+// Lq x Lk matrix.
+//
+// Work item = (sequence, head, query tile) for prefill, (sequence, KV head, key chunk) for decode;
+// items are independent and each is computed start to finish by one thread in a fixed order, so the
+// output does not depend on the thread count. Per item:
+//   Schedule    which key tiles the query tile visits: the band [lo(i), hi(i)) of detail::Band covers
+//               causal (either alignment), sliding windows and key padding, so skipped tiles cost
+//               nothing; tiles inside the band of every row take the unmasked path.
+//   ScoreMods   softcap, ALiBi, additive and boolean bias, applied to a score tile before the mask.
+//   Normaliser  OnlineSoftmax: running max and sum per query, lazy rescaling of the accumulator only
+//               when a row's max moves.
+// Masked scores are an explicit -inf and probabilities are selected to 0 after the exp (Eigen's
+// vectorised exp(-inf) is a denormal, not 0). A row whose max is still -inf saw no key: output 0.
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <span>
+
+#include "effattn/attention.hpp"
+#include "effattn/core/softmax_state.hpp"
+#include "effattn/simd/row_ops.hpp"
+#include "effattn/simd/tile_kernels.hpp"
+
+EFFATTN_BEGIN_NAMESPACE
+namespace detail {
+
+// Keys per score tile. The score tile (kTileK x kTileQ) plus the transposed query and output tiles
+// stay in L1/L2 for D <= 128.
+template <class T>
+inline constexpr Index kTileK = 128;
+// At or below this many query rows a sequence takes the row (decode) kernel: the query-lane tiles
+// would leave most lanes empty. The row kernel costs about n * (2D/W + 8) vector ops per key against
+// 2D for a tile, so it wins up to n ~ W/2; 4 keeps it a decode path for AVX2 as well.
+inline constexpr Index kDecodeMaxRows = 4;
+// Keys per decode block: a block of K and V rows stays in L1 while every query head sharing the KV
+// head reads it.
+inline constexpr Index kDecodeBlock = 64;
+
+template <class T>
+struct QuadraticCall {
+  Problem problem{};
+  ConstTensor4<T> q, k, v;
+  Tensor4<T> out;
+  std::optional<Tensor3<T>> lse;
+  Layout layout = Layout::bhld;
+  const Mask* mask = nullptr;
+  T scale = 1;
+  T softcap = 0;
+  std::span<const double> alibi_slopes;
+  Index split_kv = 0;
+};
+
+// One independent sequence: batch b's, or one packed sequence of B = 1.
+struct Segment {
+  Index batch = 0;
+  Index q0 = 0, len_q = 0;  // queries [q0, q0 + len_q) of the tensor
+  Index k0 = 0, len_k = 0;  // visible keys [k0, k0 + len_k) (after padding)
+};
+
+inline Index num_segments(const Mask& m, const Problem& p) noexcept {
+  return m.packed() ? static_cast<Index>(m.cu_seqlens_q.size()) - 1 : p.batch;
+}
+
+inline Segment segment(const Mask& m, const Problem& p, Index s) noexcept {
+  const auto su = static_cast<std::size_t>(s);
+  if (m.packed())
+    return {0, m.cu_seqlens_q[su], m.cu_seqlens_q[su + 1] - m.cu_seqlens_q[su], m.cu_seqlens_k[su],
+            m.cu_seqlens_k[su + 1] - m.cu_seqlens_k[su]};
+  return {s, 0, p.len_q, 0, m.key_lengths.empty() ? p.len_k : m.key_lengths[su]};
+}
+
+inline bool decode_shaped(const Mask& m, const Problem& p) noexcept {
+  return !m.packed() && p.len_q <= kDecodeMaxRows;
+}
+
+template <class T>
+Cost quadratic_cost(const Problem& p, const Mask& m) noexcept {
+  // Visible (query, key) pairs of one head; each costs a Dqk dot product and a Dv axpy.
+  double pairs = 0;
+  const bool valid_packed = !m.packed() || m.cu_seqlens_k.size() == m.cu_seqlens_q.size();
+  const Index segs = valid_packed ? num_segments(m, p) : 0;
+  for (Index s = 0; s < segs; ++s) {
+    const Segment seg = segment(m, p, s);
+    const Band band = make_band(m, seg.len_q, seg.len_k);
+    for (Index i = 0; i < seg.len_q; ++i) pairs += static_cast<double>(std::max<Index>(0, band.hi(i) - band.lo(i)));
+  }
+  const double elems = static_cast<double>(p.batch) *
+                       (static_cast<double>(p.heads) * static_cast<double>(p.len_q) * static_cast<double>(p.dim_qk + p.dim_v) +
+                        static_cast<double>(p.kv_heads) * static_cast<double>(p.len_k) * static_cast<double>(p.dim_qk + p.dim_v));
+  return {pairs * static_cast<double>(p.heads) * 2.0 * static_cast<double>(p.dim_qk + p.dim_v),
+          elems * static_cast<double>(sizeof(T))};
+}
+
+// Per-thread scratch of the prefill (query-lane tile) kernel.
+template <class T>
+struct TileScratch {
+  T* qt;      // [Dqk, TQ] scaled queries, transposed
+  T* s;       // [TK, TQ] scores, then probabilities
+  T* ot;      // [Dv, TQ] unnormalised output, transposed
+  T* m;       // [TQ] running max
+  T* l;       // [TQ] running sum
+  Index* lo;  // [TQ] first visible key per query
+  Index* hi;  // [TQ] one past the last visible key
+
+  static ArenaPlan plan(const Problem& p) noexcept {
+    constexpr Index TQ = kTileQ<T>;
+    ArenaPlan a;
+    a.add(p.dim_qk * TQ, sizeof(T)).add(kTileK<T> * TQ, sizeof(T)).add(p.dim_v * TQ, sizeof(T)).add(TQ, sizeof(T)).add(TQ, sizeof(T)).add(TQ, sizeof(Index)).add(TQ, sizeof(Index));
+    return a;
+  }
+  static TileScratch take(Arena& a, const Problem& p) noexcept {
+    constexpr Index TQ = kTileQ<T>;
+    return {a.take<T>(p.dim_qk * TQ), a.take<T>(kTileK<T> * TQ), a.take<T>(p.dim_v * TQ), a.take<T>(TQ), a.take<T>(TQ),
+            a.take<Index>(TQ),        a.take<Index>(TQ)};
+  }
+};
+
+// Per-thread scratch of the decode (row) kernel: all query rows of one KV head.
+template <class T>
+struct RowScratch {
+  T* qs;   // [R, Dqk] scaled queries
+  T* acc;  // [R, Dv]
+  T* m;    // [R]
+  T* l;    // [R]
+  T* sc;   // [kDecodeBlock] scores of one row
+
+  static Index rows(const Problem& p) noexcept { return (p.kv_heads > 0 ? p.heads / p.kv_heads : 0) * p.len_q; }
+  static ArenaPlan plan(const Problem& p) noexcept {
+    const Index r = rows(p);
+    ArenaPlan a;
+    a.add(r * p.dim_qk, sizeof(T)).add(r * p.dim_v, sizeof(T)).add(r, sizeof(T)).add(r, sizeof(T)).add(kDecodeBlock, sizeof(T));
+    return a;
+  }
+  static RowScratch take(Arena& a, const Problem& p) noexcept {
+    const Index r = rows(p);
+    return {a.take<T>(r * p.dim_qk), a.take<T>(r * p.dim_v), a.take<T>(r), a.take<T>(r), a.take<T>(kDecodeBlock)};
+  }
+};
+
+inline Index split_chunks(const Problem& p, Index split_kv) noexcept {
+  if (split_kv <= 1) return 1;
+  const Index blocks = std::max<Index>(1, (p.len_k + kDecodeBlock - 1) / kDecodeBlock);
+  return std::min(split_kv, blocks);
+}
+
+// Scratch of one thread: room for either kernel the problem's shape may take.
+template <class T>
+std::size_t scratch_per_thread(const Problem& p) noexcept {
+  const bool decode = p.len_q <= kDecodeMaxRows;
+  return std::max(TileScratch<T>::plan(p).bytes(), decode ? RowScratch<T>::plan(p).bytes() : 0);
+}
+
+template <class T>
+ArenaPlan quadratic_plan(const Problem& p, int threads, Index split_kv) noexcept {
+  ArenaPlan a;
+  a.add(static_cast<Index>(scratch_per_thread<T>(p)) * std::max(threads, 1), 1);
+  const Index chunks = p.len_q <= kDecodeMaxRows ? split_chunks(p, split_kv) : 1;
+  if (chunks > 1) a.add(p.batch * p.heads * p.len_q * chunks * (p.dim_v + 1), sizeof(T));
+  return a;
+}
+
+template <class T>
+std::size_t quadratic_workspace_bytes(const Problem& p, int threads, Index split_kv) noexcept {
+  return quadratic_plan<T>(p, threads, split_kv).bytes();
+}
+
+// Score modifications of one (sequence, head), applied on a score tile before the mask.
+template <class T>
+struct ScoreMods {
+  T softcap = 0;
+  T alibi = 0;  // slope of this head
+  Index shift = 0;
+  const Bias* bias = nullptr;
+  Index bias_b = 0, bias_h = 0;  // tensor coordinates of this (batch, head) in the bias
+  [[nodiscard]] bool additive_bias() const noexcept {
+    return bias != nullptr && (bias->kind() == Bias::Kind::additive_f32 || bias->kind() == Bias::Kind::additive_f64);
+  }
+  [[nodiscard]] bool boolean_bias() const noexcept { return bias != nullptr && bias->kind() == Bias::Kind::boolean; }
+  [[nodiscard]] bool any() const noexcept { return softcap > 0 || alibi != 0 || bias != nullptr; }
+  [[nodiscard]] T bias_at(Index i, Index j) const noexcept {
+    const Index off = bias->row_offset(bias_b, bias_h, i) + j;
+    if (bias->kind() == Bias::Kind::additive_f32) return static_cast<T>(static_cast<const float*>(bias->data())[off]);
+    return static_cast<T>(static_cast<const double*>(bias->data())[off]);
+  }
+  [[nodiscard]] bool keep_at(Index i, Index j) const noexcept {
+    return static_cast<const bool*>(bias->data())[bias->row_offset(bias_b, bias_h, i) + j];
+  }
+  // One score of query i (segment coordinates; i_t/j_t are the tensor coordinates for the bias).
+  [[nodiscard]] T apply(T s, Index i, Index j, Index i_t, Index j_t) const noexcept {
+    if (softcap > 0) s = softcap * std::tanh(s / softcap);
+    if (alibi != 0) s -= alibi * static_cast<T>(std::abs(i + shift - j));
+    if (additive_bias()) s += bias_at(i_t, j_t);
+    if (boolean_bias() && !keep_at(i_t, j_t)) s = -std::numeric_limits<T>::infinity();
+    return s;
+  }
+};
+
+// OnlineSoftmax over query-lane tiles: absorbs a tile of scores, turning it into probabilities
+// relative to the updated running max, and rescales the accumulator when the max moves.
+template <class T>
+struct OnlineSoftmax {
+  using S = Simd<T>;
+  static constexpr int W = S::size;
+  static constexpr Index TQ = kTileQ<T>;
+
+  static void begin(T* m, T* l, T* ot, Index dim_v) noexcept {
+    for (Index r = 0; r < TQ; ++r) m[r] = S::neg_inf(), l[r] = 0;
+    std::fill(ot, ot + dim_v * TQ, T(0));
+  }
+
+  // s: [keys, TQ]. may_have_inf: some scores are -inf (masked), so their probabilities are
+  // selected to exactly 0.
+  static void absorb(T* s, Index keys, T* m, T* l, T* ot, Index dim_v, bool may_have_inf) noexcept {
+    const auto ninf = S::set1(S::neg_inf());
+    for (Index c = 0; c < TQ; c += W) {
+      auto cm = ninf;
+      for (Index j = 0; j < keys; ++j) cm = S::max(cm, S::load(s + j * TQ + c));
+      const auto m_old = S::load(m + c);
+      const auto m_new = S::max(m_old, cm);
+      S::store(m + c, m_new);
+      // A lane that has seen only masked keys keeps max -inf; subtracting 0 instead keeps it NaN-free.
+      const auto m_use = S::select(S::eq(m_new, ninf), S::zero(), m_new);
+      auto lsum = S::load(l + c);
+      if (S::any(S::lt(m_old, m_new))) {
+        // exp(-inf - m_use) is ~0 and multiplies an accumulator that is still exactly 0.
+        const auto alpha = S::exp(S::sub(m_old, m_use));
+        lsum = S::mul(lsum, alpha);
+        for (Index r = 0; r < dim_v; ++r) S::store(ot + r * TQ + c, S::mul(S::load(ot + r * TQ + c), alpha));
+      }
+      if (may_have_inf) {
+        for (Index j = 0; j < keys; ++j) {
+          const auto x = S::load(s + j * TQ + c);
+          const auto p = S::select(S::eq(x, ninf), S::zero(), S::exp(S::sub(x, m_use)));
+          S::store(s + j * TQ + c, p);
+          lsum = S::add(lsum, p);
+        }
+      } else {
+        for (Index j = 0; j < keys; ++j) {
+          const auto p = S::exp(S::sub(S::load(s + j * TQ + c), m_use));
+          S::store(s + j * TQ + c, p);
+          lsum = S::add(lsum, p);
+        }
+      }
+      S::store(l + c, lsum);
+    }
+  }
+};
+
+// The heads of one call, resolved to row pointers.
+template <class T>
+struct HeadCtx {
+  HeadRows<const T> q, k, v;
+  HeadRows<T> out;
+  T* lse = nullptr;  // [Lq] of this (batch, head), or null
+  ScoreMods<T> mods;
+  Band band;
+  Segment seg;
+};
+
+template <class T>
+HeadCtx<T> head_ctx(const QuadraticCall<T>& c, const Segment& seg, Index h) noexcept {
+  const Problem& p = c.problem;
+  const Index kvh = h / (p.heads / p.kv_heads);
+  HeadCtx<T> x;
+  x.seg = seg;
+  x.q = head_rows(c.q, c.layout, seg.batch, h);
+  x.k = head_rows(c.k, c.layout, seg.batch, kvh);
+  x.v = head_rows(c.v, c.layout, seg.batch, kvh);
+  x.out = head_rows(c.out, c.layout, seg.batch, h);
+  x.q.data += seg.q0 * x.q.row_stride;
+  x.out.data += seg.q0 * x.out.row_stride;
+  x.k.data += seg.k0 * x.k.row_stride;
+  x.v.data += seg.k0 * x.v.row_stride;
+  if (c.lse) x.lse = c.lse->data() + (seg.batch * p.heads + h) * p.len_q + seg.q0;
+  x.band = make_band(*c.mask, seg.len_q, seg.len_k);
+  x.mods.softcap = c.softcap;
+  x.mods.alibi = c.alibi_slopes.empty() ? T(0) : static_cast<T>(c.alibi_slopes[static_cast<std::size_t>(h)]);
+  // ALiBi distances follow the bottom-right alignment unless the mask asks for top-left.
+  x.mods.shift = c.mask->causal == Causal::top_left ? 0 : seg.len_k - seg.len_q;
+  if (c.mask->bias.present()) {
+    x.mods.bias = &c.mask->bias;
+    x.mods.bias_b = seg.batch;
+    x.mods.bias_h = h;
+  }
+  return x;
+}
+
+// Scores of keys [j0, j0 + keys) for the query tile rows [i0, i0 + TQ): mods, then the band mask.
+template <class T>
+void modify_and_mask(const HeadCtx<T>& x, Index i0, Index n, Index j0, Index keys, const Index* lo, const Index* hi,
+                     bool band_mask, T* s) noexcept {
+  using S = Simd<T>;
+  constexpr int W = S::size;
+  constexpr Index TQ = kTileQ<T>;
+  const ScoreMods<T>& md = x.mods;
+  const auto ninf = S::set1(S::neg_inf());
+  Index ra = 0, rb = 0;  // lanes [ra, rb) see key j: lo and hi are non-decreasing in the lane
+  for (Index jj = 0; jj < keys; ++jj) {
+    const Index j = j0 + jj;
+    T* row = s + jj * TQ;
+    if (md.softcap > 0) {
+      const auto inv = S::set1(T(1) / md.softcap), cap = S::set1(md.softcap);
+      for (Index c = 0; c < TQ; c += W) S::store(row + c, S::mul(cap, S::tanh(S::mul(S::load(row + c), inv))));
+    }
+    if (md.alibi != 0) {
+      const auto slope = S::set1(-md.alibi);
+      for (Index c = 0; c < TQ; c += W) {
+        const auto dist = S::abs(S::iota(static_cast<T>(i0 + c + md.shift - j)));
+        S::store(row + c, S::fma(slope, dist, S::load(row + c)));
+      }
+    }
+    if (md.bias != nullptr) {
+      const Index jt = x.seg.k0 + j;
+      for (Index r = 0; r < n; ++r) {
+        const Index it = x.seg.q0 + i0 + r;
+        if (md.additive_bias()) row[r] += md.bias_at(it, jt);
+        else if (!md.keep_at(it, jt)) row[r] = S::neg_inf();
+      }
+    }
+    if (band_mask) {
+      while (ra < TQ && hi[ra] <= j) ++ra;
+      while (rb < TQ && lo[rb] <= j) ++rb;
+      const auto a = S::set1(static_cast<T>(ra)), b = S::set1(static_cast<T>(rb));
+      for (Index c = 0; c < TQ; c += W) {
+        const auto lane = S::iota(static_cast<T>(c));
+        const auto keep = S::mask_and(S::le(a, lane), S::lt(lane, b));
+        S::store(row + c, S::select(keep, S::load(row + c), ninf));
+      }
+    }
+  }
+}
+
+// Prefill: queries [i0, i0 + n) of one (sequence, head), n <= TQ.
+template <class T, class Normaliser>
+void attend_query_tile(const HeadCtx<T>& x, Index i0, Index n, Index dim_qk, Index dim_v, T scale,
+                       const TileScratch<T>& w) noexcept {
+  constexpr Index TQ = kTileQ<T>;
+  constexpr Index TK = kTileK<T>;
+  // Transposed, scaled query tile; empty lanes are zero and repeat the last row's band, so they stay
+  // finite and keep lo/hi monotone.
+  for (Index r = 0; r < TQ; ++r) {
+    const T* qr = x.q.row(i0 + std::min(r, n - 1));
+    const T f = r < n ? scale : T(0);
+    for (Index d = 0; d < dim_qk; ++d) w.qt[d * TQ + r] = f * qr[d];
+    w.lo[r] = x.band.lo(i0 + std::min(r, n - 1));
+    w.hi[r] = x.band.hi(i0 + std::min(r, n - 1));
+  }
+  Normaliser::begin(w.m, w.l, w.ot, dim_v);
+  const Index j_begin = w.lo[0];
+  const Index j_end = w.hi[n - 1];
+  const bool mods = x.mods.any();
+  const bool may_have_inf_mods = x.mods.bias != nullptr;
+  for (Index j0 = j_begin; j0 < j_end; j0 += TK) {
+    const Index keys = std::min(TK, j_end - j0);
+    const bool interior = w.lo[n - 1] <= j0 && w.hi[0] >= j0 + keys;
+    qk_tile(x.k.row(j0), x.k.row_stride, keys, w.qt, dim_qk, w.s);
+    if (mods || !interior) modify_and_mask(x, i0, n, j0, keys, w.lo, w.hi, !interior, w.s);
+    Normaliser::absorb(w.s, keys, w.m, w.l, w.ot, dim_v, !interior || may_have_inf_mods);
+    pv_tile(x.v.row(j0), x.v.row_stride, keys, dim_v, w.s, w.ot);
+  }
+  for (Index r = 0; r < n; ++r) {
+    const T l = w.l[r];
+    const T inv = l > 0 ? T(1) / l : T(0);
+    T* o = x.out.row(i0 + r);
+    for (Index c = 0; c < dim_v; ++c) o[c] = w.ot[c * TQ + r] * inv;
+    if (x.lse) x.lse[i0 + r] = l > 0 ? w.m[r] + std::log(l) : Simd<T>::neg_inf();
+  }
+}
+
+// Decode: every query row of the heads sharing one KV head, over keys [kc0, kc1) of the sequence.
+// Writes either the final rows (out_rows == null) or partial rows and their lse into `partial`.
+template <class T>
+void attend_rows(const QuadraticCall<T>& c, Index b, Index kvh, Index kc0, Index kc1, const RowScratch<T>& w,
+                 T* partial) noexcept {
+  const Problem& p = c.problem;
+  const Index group = p.heads / p.kv_heads;
+  const Index rows = group * p.len_q;
+  const Segment seg = segment(*c.mask, p, b);
+  const Index dq = p.dim_qk, dv = p.dim_v;
+  // Contexts differ per head only in q/out/lse/mods; K and V are shared.
+  for (Index g = 0; g < group; ++g) {
+    const HeadCtx<T> x = head_ctx(c, seg, kvh * group + g);
+    for (Index i = 0; i < p.len_q; ++i) {
+      const Index r = g * p.len_q + i;
+      const T* qr = x.q.row(i);
+      for (Index d = 0; d < dq; ++d) w.qs[r * dq + d] = c.scale * qr[d];
+      w.m[r] = Simd<T>::neg_inf();
+      w.l[r] = 0;
+      std::fill(w.acc + r * dv, w.acc + (r + 1) * dv, T(0));
+    }
+  }
+  const HeadCtx<T> x0 = head_ctx(c, seg, kvh * group);
+  for (Index jb = kc0; jb < kc1; jb += kDecodeBlock) {
+    const Index je = std::min(kc1, jb + kDecodeBlock);
+    for (Index g = 0; g < group; ++g) {
+      const HeadCtx<T> x = g == 0 ? x0 : head_ctx(c, seg, kvh * group + g);
+      for (Index i = 0; i < p.len_q; ++i) {
+        const Index r = g * p.len_q + i;
+        const Index lo = std::max(jb, x.band.lo(i)), hi = std::min(je, x.band.hi(i));
+        if (lo >= hi) continue;
+        const Index n = hi - lo;
+        for (Index j = lo; j < hi; ++j) {
+          T s = dot(w.qs + r * dq, x.k.row(j), dq);
+          if (x.mods.any()) s = x.mods.apply(s, i, j, seg.q0 + i, seg.k0 + j);
+          w.sc[j - lo] = s;
+        }
+        const T bm = max_of(w.sc, n);
+        if (bm == Simd<T>::neg_inf()) continue;  // every key of this block masked by a boolean bias
+        T* acc = w.acc + r * dv;
+        if (bm > w.m[r]) {
+          if (w.l[r] > 0) {
+            const T alpha = std::exp(w.m[r] - bm);
+            w.l[r] *= alpha;
+            scale(acc, alpha, dv);
+          }
+          w.m[r] = bm;
+        }
+        w.l[r] += exp_sub_sum(w.sc, w.m[r], n);
+        for (Index j = lo; j < hi; ++j)
+          if (w.sc[j - lo] != T(0)) axpy(w.sc[j - lo], x.v.row(j), acc, dv);
+      }
+    }
+  }
+  for (Index g = 0; g < group; ++g) {
+    const HeadCtx<T> x = head_ctx(c, seg, kvh * group + g);
+    for (Index i = 0; i < p.len_q; ++i) {
+      const Index r = g * p.len_q + i;
+      const T l = w.l[r];
+      const T inv = l > 0 ? T(1) / l : T(0);
+      const T lse = l > 0 ? w.m[r] + std::log(l) : Simd<T>::neg_inf();
+      T* o = partial ? partial + r * (dv + 1) : x.out.row(i);
+      for (Index cc = 0; cc < dv; ++cc) o[cc] = w.acc[r * dv + cc] * inv;
+      if (partial) o[dv] = lse;
+      else if (x.lse) x.lse[i] = lse;
+    }
+  }
+}
+
+template <class T, class Normaliser>
+void run_quadratic(const QuadraticCall<T>& c, const Executor& exec, std::span<std::byte> workspace) {
+  const Problem& p = c.problem;
+  const Mask& mask = *c.mask;
+  if (p.batch == 0 || p.heads == 0 || p.len_q == 0) return;
+  const int threads = exec.num_threads();
+  const ArenaPlan plan = quadratic_plan<T>(p, threads, c.split_kv);
+  Arena arena(workspace, plan.bytes());
+  const bool decode = decode_shaped(mask, p);
+  const std::size_t per_thread = scratch_per_thread<T>(p);
+  std::byte* scratch = arena.take<std::byte>(static_cast<Index>(per_thread) * std::max(threads, 1));
+  const auto worker_arena = [&](int w) {
+    return Arena(std::span<std::byte>(scratch + per_thread * static_cast<std::size_t>(w), per_thread), per_thread);
+  };
+
+  if (decode) {
+    const Index chunks = split_chunks(p, c.split_kv);
+    const Index group = p.heads / p.kv_heads;
+    const Index rows = group * p.len_q;
+    T* partial = chunks > 1 ? arena.take<T>(p.batch * p.heads * p.len_q * chunks * (p.dim_v + 1)) : nullptr;
+    exec.run(p.batch * p.kv_heads * chunks, [&](int w, Index item) {
+      Arena a = worker_arena(w);
+      const RowScratch<T> rs = RowScratch<T>::take(a, p);
+      const Index ch = item % chunks, bk = item / chunks;
+      const Index b = bk / p.kv_heads, kvh = bk % p.kv_heads;
+      const Index len_k = segment(mask, p, b).len_k;
+      const Index per = (len_k + chunks - 1) / chunks;
+      const Index k0 = std::min(len_k, ch * per), k1 = std::min(len_k, k0 + per);
+      attend_rows(c, b, kvh, k0, k1, rs, partial ? partial + (bk * chunks + ch) * rows * (p.dim_v + 1) : nullptr);
+    });
+    if (chunks > 1) {
+      // Fixed left-to-right merge order: the result depends on split_kv, never on the thread count.
+      exec.run(p.batch * p.kv_heads, [&](int, Index bk) {
+        const Index b = bk / p.kv_heads, kvh = bk % p.kv_heads;
+        const Segment seg = segment(mask, p, b);
+        for (Index g = 0; g < group; ++g) {
+          const HeadCtx<T> x = head_ctx(c, seg, kvh * group + g);
+          for (Index i = 0; i < p.len_q; ++i) {
+            const Index r = g * p.len_q + i;
+            const T* first = partial + (bk * chunks) * rows * (p.dim_v + 1) + r * (p.dim_v + 1);
+            T* o = x.out.row(i);
+            std::copy(first, first + p.dim_v, o);
+            T lse = first[p.dim_v];
+            for (Index ch = 1; ch < chunks; ++ch) {
+              const T* part = first + ch * rows * (p.dim_v + 1);
+              lse = merge_row(o, lse, part, part[p.dim_v], o, p.dim_v);
+            }
+            if (x.lse) x.lse[i] = lse;
+          }
+        }
+      });
+    }
+    return;
+  }
+
+  constexpr Index TQ = kTileQ<T>;
+  const Index segs = num_segments(mask, p);
+  // Dense batches: one item per query tile, interleaved over threads so causal work balances.
+  // Packed sequences: one item per (sequence, head), its tiles in order.
+  const Index tiles = (p.len_q + TQ - 1) / TQ;
+  const Index items = mask.packed() ? segs * p.heads : p.batch * p.heads * tiles;
+  exec.run(items, [&](int w, Index item) {
+    Arena a = worker_arena(w);
+    const TileScratch<T> ts = TileScratch<T>::take(a, p);
+    const Index s = mask.packed() ? item / p.heads : item / (p.heads * tiles);
+    const Index h = mask.packed() ? item % p.heads : (item / tiles) % p.heads;
+    const Segment seg = segment(mask, p, s);
+    const HeadCtx<T> x = head_ctx(c, seg, h);
+    const Index t_begin = mask.packed() ? 0 : item % tiles;
+    const Index t_end = mask.packed() ? (seg.len_q + TQ - 1) / TQ : t_begin + 1;
+    for (Index t = t_begin; t < t_end; ++t) {
+      const Index i0 = t * TQ;
+      attend_query_tile<T, Normaliser>(x, i0, std::min(TQ, seg.len_q - i0), p.dim_qk, p.dim_v, c.scale, ts);
+    }
+  });
+}
+
+}  // namespace detail
+EFFATTN_END_NAMESPACE

@@ -1,0 +1,73 @@
+#pragma once
+// Packet<T>: the one facade over Eigen's packet math. This is the only file of effattn that names
+// Eigen::internal, so a change of Eigen version or ISA touches one place. Packets are the widest the
+// translation unit is compiled for (AVX-512: 16 floats, AVX2: 8, SSE/NEON: 4).
+
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+#include <Eigen/Core>
+
+#include "effattn/config.hpp"
+
+EFFATTN_BEGIN_NAMESPACE
+namespace detail {
+
+template <class T>
+struct Simd {
+  using P = typename Eigen::internal::packet_traits<T>::type;
+  static constexpr int size = Eigen::internal::unpacket_traits<P>::size;
+
+  static EFFATTN_ALWAYS_INLINE P load(const T* p) { return Eigen::internal::pload<P>(p); }
+  static EFFATTN_ALWAYS_INLINE P loadu(const T* p) { return Eigen::internal::ploadu<P>(p); }
+  static EFFATTN_ALWAYS_INLINE void store(T* p, const P& x) { Eigen::internal::pstore(p, x); }
+  static EFFATTN_ALWAYS_INLINE void storeu(T* p, const P& x) { Eigen::internal::pstoreu(p, x); }
+  static EFFATTN_ALWAYS_INLINE P set1(T x) { return Eigen::internal::pset1<P>(x); }
+  static EFFATTN_ALWAYS_INLINE P zero() { return Eigen::internal::pzero(P{}); }
+  // {x, x+1, ..., x+size-1}
+  static EFFATTN_ALWAYS_INLINE P iota(T x) { return Eigen::internal::plset<P>(x); }
+
+  static EFFATTN_ALWAYS_INLINE P add(const P& a, const P& b) { return Eigen::internal::padd(a, b); }
+  static EFFATTN_ALWAYS_INLINE P sub(const P& a, const P& b) { return Eigen::internal::psub(a, b); }
+  static EFFATTN_ALWAYS_INLINE P mul(const P& a, const P& b) { return Eigen::internal::pmul(a, b); }
+  static EFFATTN_ALWAYS_INLINE P div(const P& a, const P& b) { return Eigen::internal::pdiv(a, b); }
+  // a * b + c, fused where the ISA has FMA.
+  static EFFATTN_ALWAYS_INLINE P fma(const P& a, const P& b, const P& c) { return Eigen::internal::pmadd(a, b, c); }
+  static EFFATTN_ALWAYS_INLINE P max(const P& a, const P& b) { return Eigen::internal::pmax(a, b); }
+  static EFFATTN_ALWAYS_INLINE P abs(const P& a) { return Eigen::internal::pabs(a); }
+
+  // Eigen's vectorised exp clamps its argument, so exp(-inf) is a tiny denormal, not 0: callers that
+  // need exact zeros for masked entries select them after the exp.
+  static EFFATTN_ALWAYS_INLINE P exp(const P& x) { return Eigen::internal::pexp(x); }
+  static EFFATTN_ALWAYS_INLINE P tanh(const P& x) {
+    if constexpr (std::is_same_v<T, float>) {
+      return Eigen::internal::ptanh(x);
+    } else {  // Eigen 3.4 has no packet tanh for double
+      alignas(64) T lanes[size];
+      store(lanes, x);
+      for (T& t : lanes) t = std::tanh(t);
+      return load(lanes);
+    }
+  }
+
+  // Lane masks: all bits set where true.
+  static EFFATTN_ALWAYS_INLINE P lt(const P& a, const P& b) { return Eigen::internal::pcmp_lt(a, b); }
+  static EFFATTN_ALWAYS_INLINE P le(const P& a, const P& b) { return Eigen::internal::pcmp_le(a, b); }
+  static EFFATTN_ALWAYS_INLINE P eq(const P& a, const P& b) { return Eigen::internal::pcmp_eq(a, b); }
+  static EFFATTN_ALWAYS_INLINE P mask_and(const P& a, const P& b) { return Eigen::internal::pand(a, b); }
+  // mask ? a : b
+  static EFFATTN_ALWAYS_INLINE P select(const P& mask, const P& a, const P& b) { return Eigen::internal::pselect(mask, a, b); }
+  static EFFATTN_ALWAYS_INLINE bool any(const P& mask) { return Eigen::internal::predux_any(mask); }
+
+  static EFFATTN_ALWAYS_INLINE T sum(const P& x) { return Eigen::internal::predux(x); }
+  static EFFATTN_ALWAYS_INLINE T hmax(const P& x) { return Eigen::internal::predux_max(x); }
+
+  static constexpr T neg_inf() { return -std::numeric_limits<T>::infinity(); }
+};
+
+template <class T>
+inline constexpr int kPacketSize = Simd<T>::size;
+
+}  // namespace detail
+EFFATTN_END_NAMESPACE
