@@ -18,6 +18,14 @@
 #endif
 #endif
 
+// Full unrolling of the micro-kernels' register loops: at -O2 GCC 12 keeps the accumulator arrays
+// in memory without it (measured: 27 vs 81 GFLOP/s on AVX2).
+#if defined(__clang__) || defined(__GNUC__)
+#define EFFATTN_UNROLL _Pragma("GCC unroll 16")
+#else
+#define EFFATTN_UNROLL
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define EFFATTN_RESTRICT __restrict__
 #define EFFATTN_ALWAYS_INLINE inline __attribute__((always_inline))

@@ -204,7 +204,7 @@ struct ScoreMods {
 // relative to the updated running max, and rescales the accumulator when the max moves.
 template <class T>
 struct OnlineSoftmax {
-  using S = Simd<T>;
+  using S = Packet<T>;
   static constexpr int W = S::size;
   static constexpr Index TQ = kTileQ<T>;
 
@@ -294,7 +294,7 @@ HeadCtx<T> head_ctx(const QuadraticCall<T>& c, const Segment& seg, Index h) noex
 template <class T>
 void modify_and_mask(const HeadCtx<T>& x, Index i0, Index n, Index j0, Index keys, const Index* lo, const Index* hi,
                      bool band_mask, T* s) noexcept {
-  using S = Simd<T>;
+  using S = Packet<T>;
   constexpr int W = S::size;
   constexpr Index TQ = kTileQ<T>;
   const ScoreMods<T>& md = x.mods;
@@ -368,7 +368,7 @@ void attend_query_tile(const HeadCtx<T>& x, Index i0, Index n, Index dim_qk, Ind
     const T inv = l > 0 ? T(1) / l : T(0);
     T* o = x.out.row(i0 + r);
     for (Index c = 0; c < dim_v; ++c) o[c] = w.ot[c * TQ + r] * inv;
-    if (x.lse) x.lse[i0 + r] = l > 0 ? w.m[r] + std::log(l) : Simd<T>::neg_inf();
+    if (x.lse) x.lse[i0 + r] = l > 0 ? w.m[r] + std::log(l) : Packet<T>::neg_inf();
   }
 }
 
@@ -389,7 +389,7 @@ void attend_rows(const QuadraticCall<T>& c, Index b, Index kvh, Index kc0, Index
       const Index r = g * p.len_q + i;
       const T* qr = x.q.row(i);
       for (Index d = 0; d < dq; ++d) w.qs[r * dq + d] = c.scale * qr[d];
-      w.m[r] = Simd<T>::neg_inf();
+      w.m[r] = Packet<T>::neg_inf();
       w.l[r] = 0;
       std::fill(w.acc + r * dv, w.acc + (r + 1) * dv, T(0));
     }
@@ -410,7 +410,7 @@ void attend_rows(const QuadraticCall<T>& c, Index b, Index kvh, Index kc0, Index
           w.sc[j - lo] = s;
         }
         const T bm = max_of(w.sc, n);
-        if (bm == Simd<T>::neg_inf()) continue;  // every key of this block masked by a boolean bias
+        if (bm == Packet<T>::neg_inf()) continue;  // every key of this block masked by a boolean bias
         T* acc = w.acc + r * dv;
         if (bm > w.m[r]) {
           if (w.l[r] > 0) {
@@ -432,7 +432,7 @@ void attend_rows(const QuadraticCall<T>& c, Index b, Index kvh, Index kc0, Index
       const Index r = g * p.len_q + i;
       const T l = w.l[r];
       const T inv = l > 0 ? T(1) / l : T(0);
-      const T lse = l > 0 ? w.m[r] + std::log(l) : Simd<T>::neg_inf();
+      const T lse = l > 0 ? w.m[r] + std::log(l) : Packet<T>::neg_inf();
       T* o = partial ? partial + r * (dv + 1) : x.out.row(i);
       for (Index cc = 0; cc < dv; ++cc) o[cc] = w.acc[r * dv + cc] * inv;
       if (partial) o[dv] = lse;

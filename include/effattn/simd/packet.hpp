@@ -15,8 +15,8 @@ EFFATTN_BEGIN_NAMESPACE
 namespace detail {
 
 template <class T>
-struct Simd {
-  using P = typename Eigen::internal::packet_traits<T>::type;
+struct Packet {
+  using P = typename Eigen::internal::packet_traits<T>::type;  // the raw vector type
   static constexpr int size = Eigen::internal::unpacket_traits<P>::size;
 
   static EFFATTN_ALWAYS_INLINE P load(const T* p) { return Eigen::internal::pload<P>(p); }
@@ -67,7 +67,7 @@ struct Simd {
 };
 
 template <class T>
-inline constexpr int kPacketSize = Simd<T>::size;
+inline constexpr int kPacketSize = Packet<T>::size;
 
 }  // namespace detail
 EFFATTN_END_NAMESPACE

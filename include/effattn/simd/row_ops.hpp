@@ -1,5 +1,5 @@
 #pragma once
-// Row primitives, written once against Simd<T>: the decode kernel and the finalisation steps use
+// Row primitives, written once against Packet<T>: the decode kernel and the finalisation steps use
 // them. They take arbitrary (unaligned, unpadded) rows, so each has a scalar tail.
 
 #include "effattn/core/tensor.hpp"
@@ -11,7 +11,7 @@ namespace detail {
 // sum_i a[i] * b[i]. Four accumulators hide the FMA latency on rows of 64+ elements.
 template <class T>
 T dot(const T* EFFATTN_RESTRICT a, const T* EFFATTN_RESTRICT b, Index n) noexcept {
-  using S = Simd<T>;
+  using S = Packet<T>;
   constexpr Index W = S::size;
   auto a0 = S::zero(), a1 = S::zero(), a2 = S::zero(), a3 = S::zero();
   Index i = 0;
@@ -30,7 +30,7 @@ T dot(const T* EFFATTN_RESTRICT a, const T* EFFATTN_RESTRICT b, Index n) noexcep
 // y[i] += alpha * x[i]
 template <class T>
 void axpy(T alpha, const T* EFFATTN_RESTRICT x, T* EFFATTN_RESTRICT y, Index n) noexcept {
-  using S = Simd<T>;
+  using S = Packet<T>;
   constexpr Index W = S::size;
   const auto va = S::set1(alpha);
   Index i = 0;
@@ -41,7 +41,7 @@ void axpy(T alpha, const T* EFFATTN_RESTRICT x, T* EFFATTN_RESTRICT y, Index n) 
 // y[i] *= alpha
 template <class T>
 void scale(T* y, T alpha, Index n) noexcept {
-  using S = Simd<T>;
+  using S = Packet<T>;
   constexpr Index W = S::size;
   const auto va = S::set1(alpha);
   Index i = 0;
@@ -52,7 +52,7 @@ void scale(T* y, T alpha, Index n) noexcept {
 // max_i x[i] (-inf for n = 0)
 template <class T>
 T max_of(const T* x, Index n) noexcept {
-  using S = Simd<T>;
+  using S = Packet<T>;
   constexpr Index W = S::size;
   T m = S::neg_inf();
   Index i = 0;
@@ -68,7 +68,7 @@ T max_of(const T* x, Index n) noexcept {
 // x[i] = exp(x[i] - m), exactly 0 where x[i] is -inf; returns the sum. m must be finite.
 template <class T>
 T exp_sub_sum(T* x, T m, Index n) noexcept {
-  using S = Simd<T>;
+  using S = Packet<T>;
   constexpr Index W = S::size;
   const auto vm = S::set1(m);
   const auto ninf = S::set1(S::neg_inf());

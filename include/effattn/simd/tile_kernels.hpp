@@ -18,7 +18,11 @@ namespace detail {
 
 template <class T>
 inline constexpr int kTileQ = 2 * kPacketSize<T>;  // queries per tile: two packets
+#ifdef EFFATTN_TILE_ROWS
+inline constexpr int kTileRows = EFFATTN_TILE_ROWS;
+#else
 inline constexpr int kTileRows = EIGEN_ARCH_DEFAULT_NUMBER_OF_REGISTERS >= 32 ? 8 : 4;  // MR
+#endif
 
 // Calls f(std::integral_constant<int, mr>{}, first_row) over [0, n) in blocks of MR rows, then one
 // block each of MR/2, MR/4, ... for the remainder, so every micro-kernel has a compile-time height.
@@ -35,20 +39,23 @@ EFFATTN_ALWAYS_INLINE void for_row_blocks(Index n, F&& f) {
 template <class T, int MR>
 EFFATTN_ALWAYS_INLINE void qk_block(const T* EFFATTN_RESTRICT k, Index ks, const T* EFFATTN_RESTRICT qt, Index dim,
                                     T* EFFATTN_RESTRICT s) {
-  using S = Simd<T>;
+  using S = Packet<T>;
   constexpr int W = S::size;
   constexpr int TQ = kTileQ<T>;
   typename S::P a0[MR], a1[MR];
+  EFFATTN_UNROLL
   for (int r = 0; r < MR; ++r) a0[r] = a1[r] = S::zero();
   for (Index d = 0; d < dim; ++d) {
     const auto q0 = S::load(qt + d * TQ);
     const auto q1 = S::load(qt + d * TQ + W);
+    EFFATTN_UNROLL
     for (int r = 0; r < MR; ++r) {
       const auto kb = S::set1(k[r * ks + d]);
       a0[r] = S::fma(kb, q0, a0[r]);
       a1[r] = S::fma(kb, q1, a1[r]);
     }
   }
+  EFFATTN_UNROLL
   for (int r = 0; r < MR; ++r) {
     S::store(s + r * TQ, a0[r]);
     S::store(s + r * TQ + W, a1[r]);
@@ -66,10 +73,11 @@ void qk_tile(const T* k, Index ks, Index keys, const T* qt, Index dim, T* s) noe
 template <class T, int MR>
 EFFATTN_ALWAYS_INLINE void pv_block(const T* EFFATTN_RESTRICT v, Index vs, Index keys, const T* EFFATTN_RESTRICT p,
                                     T* EFFATTN_RESTRICT ot) {
-  using S = Simd<T>;
+  using S = Packet<T>;
   constexpr int W = S::size;
   constexpr int TQ = kTileQ<T>;
   typename S::P a0[MR], a1[MR];
+  EFFATTN_UNROLL
   for (int r = 0; r < MR; ++r) {
     a0[r] = S::load(ot + r * TQ);
     a1[r] = S::load(ot + r * TQ + W);
@@ -77,12 +85,14 @@ EFFATTN_ALWAYS_INLINE void pv_block(const T* EFFATTN_RESTRICT v, Index vs, Index
   for (Index j = 0; j < keys; ++j) {
     const auto p0 = S::load(p + j * TQ);
     const auto p1 = S::load(p + j * TQ + W);
+    EFFATTN_UNROLL
     for (int r = 0; r < MR; ++r) {
       const auto vb = S::set1(v[j * vs + r]);
       a0[r] = S::fma(vb, p0, a0[r]);
       a1[r] = S::fma(vb, p1, a1[r]);
     }
   }
+  EFFATTN_UNROLL
   for (int r = 0; r < MR; ++r) {
     S::store(ot + r * TQ, a0[r]);
     S::store(ot + r * TQ + W, a1[r]);
