@@ -82,6 +82,11 @@ class Executor {
 #endif
       return;
     }
+    if (pool_->CurrentThreadId() >= 0) {
+      // Called from one of the pool's own threads: waiting on tasks queued behind us could deadlock.
+      for (Index p = 0; p < parts; ++p) f(0, p);
+      return;
+    }
     Eigen::Barrier barrier(static_cast<unsigned>(threads - 1));
     for (int w = 1; w < threads; ++w) {
       pool_->Schedule([&, w] {
