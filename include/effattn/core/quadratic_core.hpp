@@ -373,13 +373,12 @@ void attend_query_tile(const HeadCtx<T>& x, Index i0, Index n, Index dim_qk, Ind
 }
 
 // Decode: every query row of the heads sharing one KV head, over keys [kc0, kc1) of the sequence.
-// Writes either the final rows (out_rows == null) or partial rows and their lse into `partial`.
+// Writes the final rows, or with `partial` the rows and their lse as [rows, Dv + 1] for a later merge.
 template <class T>
 void attend_rows(const QuadraticCall<T>& c, Index b, Index kvh, Index kc0, Index kc1, const RowScratch<T>& w,
                  T* partial) noexcept {
   const Problem& p = c.problem;
   const Index group = p.heads / p.kv_heads;
-  const Index rows = group * p.len_q;
   const Segment seg = segment(*c.mask, p, b);
   const Index dq = p.dim_qk, dv = p.dim_v;
   // Contexts differ per head only in q/out/lse/mods; K and V are shared.

@@ -42,7 +42,7 @@ class View {
     requires(std::is_convertible_v<typename Eigen::TensorMap<E, Opt, MP>::PointerType, T*> &&
              E::NumIndices == Rank)
   View(const Eigen::TensorMap<E, Opt, MP>& m) : data_(m.data()) {  // NOLINT: implicit by design
-    static_assert((E::Layout & Eigen::RowMajor) != 0, "effattn views are row-major: use Eigen::RowMajor tensors");
+    static_assert((static_cast<int>(E::Layout) & static_cast<int>(Eigen::RowMajor)) != 0, "effattn views are row-major: use Eigen::RowMajor tensors");
     for (int i = 0; i < Rank; ++i) dims_[i] = static_cast<Index>(m.dimension(i));
   }
   // From an Eigen::Tensor (const tensors give const views only).
