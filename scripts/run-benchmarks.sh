@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Builds the softmax benchmark for this machine's ISA (Release, -march=native, build/release) and
+# runs it. Extra arguments go to the benchmark, e.g. --benchmark_filter=Decode.
+# Results: the console, and build/release/bench.json.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/ensure-deps.sh
+cmake --preset release -DEFFATTN_NATIVE=ON -DEFFATTN_BUILD_BENCHMARKS=ON
+cmake --build --preset bench
+
+# bench/CMakeLists.txt decides where the binary lands; look it up instead of assuming a path.
+bench=$(find build/release -type f -name effattn_bench_softmax -perm -u+x -print -quit)
+if [[ -z $bench ]]; then
+  echo "run-benchmarks: effattn_bench_softmax was not built" >&2
+  exit 1
+fi
+"$bench" --benchmark_out=build/release/bench.json --benchmark_out_format=json "$@"
