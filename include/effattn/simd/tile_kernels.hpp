@@ -35,74 +35,58 @@ EFFATTN_ALWAYS_INLINE void for_row_blocks(Index n, F&& f) {
   }
 }
 
-// s[r, :] = sum_d k[r, d] * qt[d, :] for r < MR. k: MR rows with stride ks; qt: [dim, kTileQ]; s: [MR, kTileQ].
-template <class T, int MR>
-EFFATTN_ALWAYS_INLINE void qk_block(const T* EFFATTN_RESTRICT k, Index ks, const T* EFFATTN_RESTRICT qt, Index dim,
-                                    T* EFFATTN_RESTRICT s) {
+// The one register-blocked kernel of the core, for MR lane rows:
+//   c[r, :] (+)= sum_x a[r * a_row + x * a_step] * b[x, :]        b: [steps, kTileQ], c: [MR, kTileQ]
+// Scores are (a = K rows, a_step = 1, b = transposed queries); the output update is (a = V columns,
+// a_row = 1, b = probabilities). Each a element is broadcast once and feeds 2 FMAs.
+template <class T, int MR, bool Accumulate>
+EFFATTN_ALWAYS_INLINE void lane_block(const T* EFFATTN_RESTRICT a, Index a_row, Index a_step, Index steps,
+                                      const T* EFFATTN_RESTRICT b, T* EFFATTN_RESTRICT c) {
   using S = Packet<T>;
   constexpr int W = S::size;
   constexpr int TQ = kTileQ<T>;
-  typename S::P a0[MR], a1[MR];
+  typename S::P c0[MR], c1[MR];
   EFFATTN_UNROLL
-  for (int r = 0; r < MR; ++r) a0[r] = a1[r] = S::zero();
-  for (Index d = 0; d < dim; ++d) {
-    const auto q0 = S::load(qt + d * TQ);
-    const auto q1 = S::load(qt + d * TQ + W);
+  for (int r = 0; r < MR; ++r) {
+    c0[r] = Accumulate ? S::load(c + r * TQ) : S::zero();
+    c1[r] = Accumulate ? S::load(c + r * TQ + W) : S::zero();
+  }
+  for (Index x = 0; x < steps; ++x) {
+    const auto b0 = S::load(b + x * TQ);
+    const auto b1 = S::load(b + x * TQ + W);
+    const T* ax = a + x * a_step;
     EFFATTN_UNROLL
     for (int r = 0; r < MR; ++r) {
-      const auto kb = S::set1(k[r * ks + d]);
-      a0[r] = S::fma(kb, q0, a0[r]);
-      a1[r] = S::fma(kb, q1, a1[r]);
+      const auto ab = S::set1(ax[r * a_row]);
+      c0[r] = S::fma(ab, b0, c0[r]);
+      c1[r] = S::fma(ab, b1, c1[r]);
     }
   }
   EFFATTN_UNROLL
   for (int r = 0; r < MR; ++r) {
-    S::store(s + r * TQ, a0[r]);
-    S::store(s + r * TQ + W, a1[r]);
+    S::store(c + r * TQ, c0[r]);
+    S::store(c + r * TQ + W, c1[r]);
   }
 }
 
-// s[j, :] = k[j, :] . qt for j < keys
+// lane_block over `rows` rows of a and c.
+template <class T, bool Accumulate>
+void lane_tile(const T* a, Index a_row, Index a_step, Index rows, Index steps, const T* b, T* c) noexcept {
+  for_row_blocks<kTileRows>(rows, [&](auto mr, Index r) {
+    lane_block<T, mr(), Accumulate>(a + r * a_row, a_row, a_step, steps, b, c + r * kTileQ<T>);
+  });
+}
+
+// s[j, :] = k[j, :] . qt for j < keys.  k: rows with stride ks; qt: [dim, kTileQ]; s: [keys, kTileQ].
 template <class T>
 void qk_tile(const T* k, Index ks, Index keys, const T* qt, Index dim, T* s) noexcept {
-  for_row_blocks<kTileRows>(keys, [&](auto mr, Index j) { qk_block<T, mr()>(k + j * ks, ks, qt, dim, s + j * kTileQ<T>); });
+  lane_tile<T, false>(k, ks, 1, keys, dim, qt, s);
 }
 
-// ot[r, :] += sum_j v[j, r] * p[j, :] for r < MR. v: first of MR columns, rows with stride vs;
-// p: [keys, kTileQ]; ot: MR rows of [kTileQ].
-template <class T, int MR>
-EFFATTN_ALWAYS_INLINE void pv_block(const T* EFFATTN_RESTRICT v, Index vs, Index keys, const T* EFFATTN_RESTRICT p,
-                                    T* EFFATTN_RESTRICT ot) {
-  using S = Packet<T>;
-  constexpr int W = S::size;
-  constexpr int TQ = kTileQ<T>;
-  typename S::P a0[MR], a1[MR];
-  EFFATTN_UNROLL
-  for (int r = 0; r < MR; ++r) {
-    a0[r] = S::load(ot + r * TQ);
-    a1[r] = S::load(ot + r * TQ + W);
-  }
-  for (Index j = 0; j < keys; ++j) {
-    const auto p0 = S::load(p + j * TQ);
-    const auto p1 = S::load(p + j * TQ + W);
-    EFFATTN_UNROLL
-    for (int r = 0; r < MR; ++r) {
-      const auto vb = S::set1(v[j * vs + r]);
-      a0[r] = S::fma(vb, p0, a0[r]);
-      a1[r] = S::fma(vb, p1, a1[r]);
-    }
-  }
-  EFFATTN_UNROLL
-  for (int r = 0; r < MR; ++r) {
-    S::store(ot + r * TQ, a0[r]);
-    S::store(ot + r * TQ + W, a1[r]);
-  }
-}
-
-// ot[c, :] += sum_j v[j, c] * p[j, :] for c < dim_v
+// ot[c, :] += sum_j v[j, c] * p[j, :] for c < dim_v.  v: rows with stride vs; p: [keys, kTileQ].
 template <class T>
 void pv_tile(const T* v, Index vs, Index keys, Index dim_v, const T* p, T* ot) noexcept {
-  for_row_blocks<kTileRows>(dim_v, [&](auto mr, Index c) { pv_block<T, mr()>(v + c, vs, keys, p, ot + c * kTileQ<T>); });
+  lane_tile<T, true>(v, 1, vs, dim_v, keys, p, ot);
 }
 
 }  // namespace detail
