@@ -497,6 +497,16 @@ void run_quadratic(const QuadraticCall<T>& c, const Executor& exec, std::span<st
 
   constexpr Index TQ = kTileQ<T>;
   const Index segs = num_segments(mask, p);
+  if (mask.packed()) {
+    // Rows after the last packed sequence belong to none: they see no key.
+    for (Index h = 0; h < p.heads; ++h) {
+      const HeadRows<T> o = head_rows(c.out, c.layout, 0, h);
+      for (Index i = mask.cu_seqlens_q.back(); i < p.len_q; ++i) {
+        std::fill(o.row(i), o.row(i) + p.dim_v, T(0));
+        if (c.lse) c.lse->data()[h * p.len_q + i] = Packet<T>::neg_inf();
+      }
+    }
+  }
   // Dense batches: one item per query tile, interleaved over threads so causal work balances.
   // Packed sequences: one item per (sequence, head), its tiles in order.
   const Index tiles = (p.len_q + TQ - 1) / TQ;
