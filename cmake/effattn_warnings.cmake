@@ -22,7 +22,7 @@ function(effattn_target_defaults target)
     $<$<CXX_COMPILER_ID:MSVC>:/W4 /permissive->
     # GCC < 13 flags the deliberately undefined operands of its own AVX-512 intrinsics
     # (gcc.gnu.org/bugzilla 105593); with -march=native every Eigen packet op would warn.
-    $<$<AND:$<CXX_COMPILER_ID:GNU>,$<VERSION_LESS:$<CXX_COMPILER_VERSION>,13>>:-Wno-maybe-uninitialized>)
+    $<$<AND:$<CXX_COMPILER_ID:GNU>,$<VERSION_LESS:$<CXX_COMPILER_VERSION>,13>>:-Wno-maybe-uninitialized -Wno-uninitialized>)
   if(EFFATTN_NATIVE AND EFFATTN_HAS_MARCH_NATIVE)
     target_compile_options(${target} PRIVATE -march=native)
   endif()

@@ -166,7 +166,7 @@ ArenaPlan quadratic_plan(const Problem& p, int threads, Index split_kv) noexcept
 
 template <class T>
 std::size_t quadratic_workspace_bytes(const Problem& p, int threads, Index split_kv) noexcept {
-  return quadratic_plan<T>(p, threads, split_kv).bytes();
+  return quadratic_plan<T>(p, threads, split_kv).span_bytes();
 }
 
 // Score modifications of one (sequence, head), applied on a score tile before the mask.

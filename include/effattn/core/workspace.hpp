@@ -30,6 +30,9 @@ class ArenaPlan {
     return *this;
   }
   [[nodiscard]] std::size_t bytes() const noexcept { return bytes_; }
+  // What a caller's span must hold: the buffers plus room to reach the first 64-byte boundary, so a
+  // span of any alignment (a std::vector<std::byte> is typically 16-byte aligned) is enough.
+  [[nodiscard]] std::size_t span_bytes() const noexcept { return bytes_ == 0 ? 0 : bytes_ + kWorkspaceAlign - 1; }
 
  private:
   std::size_t bytes_ = 0;
