@@ -5,12 +5,9 @@
 // Work item = (sequence, head, query tile) for prefill, (sequence, KV head, key chunk) for decode;
 // items are independent and each is computed start to finish by one thread in a fixed order, so the
 // output does not depend on the thread count. Per item:
-//   Schedule    which key tiles the query tile visits: the band [lo(i), hi(i)) of detail::Band covers
-//               causal (either alignment), sliding windows and key padding, so skipped tiles cost
-//               nothing; tiles inside the band of every row take the unmasked path.
-//   ScoreMods   softcap, ALiBi, additive and boolean bias, applied to a score tile before the mask.
-//   Normaliser  OnlineSoftmax: running max and sum per query, lazy rescaling of the accumulator only
-//               when a row's max moves.
+//   Schedule    (schedule.hpp) which key tiles a query tile visits, and which of them need the mask;
+//   ScoreMods   (score_mods.hpp) softcap, ALiBi, additive and boolean bias, before the mask;
+//   Normaliser  (normalisers.hpp) OnlineSoftmax: running max and sum per query.
 // Masked scores are an explicit -inf and probabilities are selected to 0 after the exp (Eigen's
 // vectorised exp(-inf) is a denormal, not 0). A row whose max is still -inf saw no key: output 0.
 
@@ -22,6 +19,9 @@
 #include <span>
 
 #include "effattn/attention.hpp"
+#include "effattn/core/normalisers.hpp"
+#include "effattn/core/schedule.hpp"
+#include "effattn/core/score_mods.hpp"
 #include "effattn/core/softmax_state.hpp"
 #include "effattn/simd/row_ops.hpp"
 #include "effattn/simd/tile_kernels.hpp"
@@ -41,6 +41,10 @@ inline constexpr Index kDecodeMaxRows = 4;
 // head reads it.
 inline constexpr Index kDecodeBlock = 64;
 
+inline bool decode_shaped(const Mask& m, const Problem& p) noexcept {
+  return !m.packed() && p.len_q <= kDecodeMaxRows;
+}
+
 template <class T>
 struct QuadraticCall {
   Problem problem{};
@@ -54,47 +58,6 @@ struct QuadraticCall {
   std::span<const double> alibi_slopes;
   Index split_kv = 0;
 };
-
-// One independent sequence: batch b's, or one packed sequence of B = 1.
-struct Segment {
-  Index batch = 0;
-  Index q0 = 0, len_q = 0;  // queries [q0, q0 + len_q) of the tensor
-  Index k0 = 0, len_k = 0;  // visible keys [k0, k0 + len_k) (after padding)
-};
-
-inline Index num_segments(const Mask& m, const Problem& p) noexcept {
-  return m.packed() ? static_cast<Index>(m.cu_seqlens_q.size()) - 1 : p.batch;
-}
-
-inline Segment segment(const Mask& m, const Problem& p, Index s) noexcept {
-  const auto su = static_cast<std::size_t>(s);
-  if (m.packed())
-    return {0, m.cu_seqlens_q[su], m.cu_seqlens_q[su + 1] - m.cu_seqlens_q[su], m.cu_seqlens_k[su],
-            m.cu_seqlens_k[su + 1] - m.cu_seqlens_k[su]};
-  return {s, 0, p.len_q, 0, m.key_lengths.empty() ? p.len_k : m.key_lengths[su]};
-}
-
-inline bool decode_shaped(const Mask& m, const Problem& p) noexcept {
-  return !m.packed() && p.len_q <= kDecodeMaxRows;
-}
-
-template <class T>
-Cost quadratic_cost(const Problem& p, const Mask& m) noexcept {
-  // Visible (query, key) pairs of one head; each costs a Dqk dot product and a Dv axpy.
-  double pairs = 0;
-  const bool valid_packed = !m.packed() || m.cu_seqlens_k.size() == m.cu_seqlens_q.size();
-  const Index segs = valid_packed ? num_segments(m, p) : 0;
-  for (Index s = 0; s < segs; ++s) {
-    const Segment seg = segment(m, p, s);
-    const Band band = make_band(m, seg.len_q, seg.len_k);
-    for (Index i = 0; i < seg.len_q; ++i) pairs += static_cast<double>(std::max<Index>(0, band.hi(i) - band.lo(i)));
-  }
-  const double elems = static_cast<double>(p.batch) *
-                       (static_cast<double>(p.heads) * static_cast<double>(p.len_q) * static_cast<double>(p.dim_qk + p.dim_v) +
-                        static_cast<double>(p.kv_heads) * static_cast<double>(p.len_k) * static_cast<double>(p.dim_qk + p.dim_v));
-  return {pairs * static_cast<double>(p.heads) * 2.0 * static_cast<double>(p.dim_qk + p.dim_v),
-          elems * static_cast<double>(sizeof(T))};
-}
 
 // Per-thread scratch of the prefill (query-lane tile) kernel.
 template <class T>
@@ -169,88 +132,6 @@ std::size_t quadratic_workspace_bytes(const Problem& p, int threads, Index split
   return quadratic_plan<T>(p, threads, split_kv).span_bytes();
 }
 
-// Score modifications of one (sequence, head), applied on a score tile before the mask.
-template <class T>
-struct ScoreMods {
-  T softcap = 0;
-  T alibi = 0;  // slope of this head
-  Index shift = 0;
-  const Bias* bias = nullptr;
-  Index bias_b = 0, bias_h = 0;  // tensor coordinates of this (batch, head) in the bias
-  [[nodiscard]] bool additive_bias() const noexcept {
-    return bias != nullptr && (bias->kind() == Bias::Kind::additive_f32 || bias->kind() == Bias::Kind::additive_f64);
-  }
-  [[nodiscard]] bool boolean_bias() const noexcept { return bias != nullptr && bias->kind() == Bias::Kind::boolean; }
-  [[nodiscard]] bool any() const noexcept { return softcap > 0 || alibi != 0 || bias != nullptr; }
-  [[nodiscard]] T bias_at(Index i, Index j) const noexcept {
-    const Index off = bias->row_offset(bias_b, bias_h, i) + j;
-    if (bias->kind() == Bias::Kind::additive_f32) return static_cast<T>(static_cast<const float*>(bias->data())[off]);
-    return static_cast<T>(static_cast<const double*>(bias->data())[off]);
-  }
-  [[nodiscard]] bool keep_at(Index i, Index j) const noexcept {
-    return static_cast<const bool*>(bias->data())[bias->row_offset(bias_b, bias_h, i) + j];
-  }
-  // One score of query i (segment coordinates; i_t/j_t are the tensor coordinates for the bias).
-  [[nodiscard]] T apply(T s, Index i, Index j, Index i_t, Index j_t) const noexcept {
-    if (softcap > 0) s = softcap * std::tanh(s / softcap);
-    if (alibi != 0) s -= alibi * static_cast<T>(std::abs(i + shift - j));
-    if (additive_bias()) s += bias_at(i_t, j_t);
-    if (boolean_bias() && !keep_at(i_t, j_t)) s = -std::numeric_limits<T>::infinity();
-    return s;
-  }
-};
-
-// OnlineSoftmax over query-lane tiles: absorbs a tile of scores, turning it into probabilities
-// relative to the updated running max, and rescales the accumulator when the max moves.
-template <class T>
-struct OnlineSoftmax {
-  using S = Packet<T>;
-  static constexpr int W = S::size;
-  static constexpr Index TQ = kTileQ<T>;
-
-  static void begin(T* m, T* l, T* ot, Index dim_v) noexcept {
-    for (Index r = 0; r < TQ; ++r) m[r] = S::neg_inf(), l[r] = 0;
-    std::fill(ot, ot + dim_v * TQ, T(0));
-  }
-
-  // s: [keys, TQ]. may_have_inf: some scores are -inf (masked), so their probabilities are
-  // selected to exactly 0.
-  static void absorb(T* s, Index keys, T* m, T* l, T* ot, Index dim_v, bool may_have_inf) noexcept {
-    const auto ninf = S::set1(S::neg_inf());
-    for (Index c = 0; c < TQ; c += W) {
-      auto cm = ninf;
-      for (Index j = 0; j < keys; ++j) cm = S::max(cm, S::load(s + j * TQ + c));
-      const auto m_old = S::load(m + c);
-      const auto m_new = S::max(m_old, cm);
-      S::store(m + c, m_new);
-      // A lane that has seen only masked keys keeps max -inf; subtracting 0 instead keeps it NaN-free.
-      const auto m_use = S::select(S::eq(m_new, ninf), S::zero(), m_new);
-      auto lsum = S::load(l + c);
-      if (S::any(S::lt(m_old, m_new))) {
-        // exp(-inf - m_use) is ~0 and multiplies an accumulator that is still exactly 0.
-        const auto alpha = S::exp(S::sub(m_old, m_use));
-        lsum = S::mul(lsum, alpha);
-        for (Index r = 0; r < dim_v; ++r) S::store(ot + r * TQ + c, S::mul(S::load(ot + r * TQ + c), alpha));
-      }
-      if (may_have_inf) {
-        for (Index j = 0; j < keys; ++j) {
-          const auto x = S::load(s + j * TQ + c);
-          const auto p = S::select(S::eq(x, ninf), S::zero(), S::exp(S::sub(x, m_use)));
-          S::store(s + j * TQ + c, p);
-          lsum = S::add(lsum, p);
-        }
-      } else {
-        for (Index j = 0; j < keys; ++j) {
-          const auto p = S::exp(S::sub(S::load(s + j * TQ + c), m_use));
-          S::store(s + j * TQ + c, p);
-          lsum = S::add(lsum, p);
-        }
-      }
-      S::store(l + c, lsum);
-    }
-  }
-};
-
 // The heads of one call, resolved to row pointers.
 template <class T>
 struct HeadCtx {
@@ -286,53 +167,10 @@ HeadCtx<T> head_ctx(const QuadraticCall<T>& c, const Segment& seg, Index h) noex
     x.mods.bias = &c.mask->bias;
     x.mods.bias_b = seg.batch;
     x.mods.bias_h = h;
+    x.mods.q_off = seg.q0;
+    x.mods.k_off = seg.k0;
   }
   return x;
-}
-
-// Scores of keys [j0, j0 + keys) for the query tile rows [i0, i0 + TQ): mods, then the band mask.
-template <class T>
-void modify_and_mask(const HeadCtx<T>& x, Index i0, Index n, Index j0, Index keys, const Index* lo, const Index* hi,
-                     bool band_mask, T* s) noexcept {
-  using S = Packet<T>;
-  constexpr int W = S::size;
-  constexpr Index TQ = kTileQ<T>;
-  const ScoreMods<T>& md = x.mods;
-  const auto ninf = S::set1(S::neg_inf());
-  Index ra = 0, rb = 0;  // lanes [ra, rb) see key j: lo and hi are non-decreasing in the lane
-  for (Index jj = 0; jj < keys; ++jj) {
-    const Index j = j0 + jj;
-    T* row = s + jj * TQ;
-    if (md.softcap > 0) {
-      const auto inv = S::set1(T(1) / md.softcap), cap = S::set1(md.softcap);
-      for (Index c = 0; c < TQ; c += W) S::store(row + c, S::mul(cap, S::tanh(S::mul(S::load(row + c), inv))));
-    }
-    if (md.alibi != 0) {
-      const auto slope = S::set1(-md.alibi);
-      for (Index c = 0; c < TQ; c += W) {
-        const auto dist = S::abs(S::iota(static_cast<T>(i0 + c + md.shift - j)));
-        S::store(row + c, S::fma(slope, dist, S::load(row + c)));
-      }
-    }
-    if (md.bias != nullptr) {
-      const Index jt = x.seg.k0 + j;
-      for (Index r = 0; r < n; ++r) {
-        const Index it = x.seg.q0 + i0 + r;
-        if (md.additive_bias()) row[r] += md.bias_at(it, jt);
-        else if (!md.keep_at(it, jt)) row[r] = S::neg_inf();
-      }
-    }
-    if (band_mask) {
-      while (ra < TQ && hi[ra] <= j) ++ra;
-      while (rb < TQ && lo[rb] <= j) ++rb;
-      const auto a = S::set1(static_cast<T>(ra)), b = S::set1(static_cast<T>(rb));
-      for (Index c = 0; c < TQ; c += W) {
-        const auto lane = S::iota(static_cast<T>(c));
-        const auto keep = S::mask_and(S::le(a, lane), S::lt(lane, b));
-        S::store(row + c, S::select(keep, S::load(row + c), ninf));
-      }
-    }
-  }
 }
 
 // Prefill: queries [i0, i0 + n) of one (sequence, head), n <= TQ.
@@ -354,13 +192,14 @@ void attend_query_tile(const HeadCtx<T>& x, Index i0, Index n, Index dim_qk, Ind
   const Index j_begin = w.lo[0];
   const Index j_end = w.hi[n - 1];
   const bool mods = x.mods.any();
-  const bool may_have_inf_mods = x.mods.bias != nullptr;
+  const bool may_mask = x.mods.may_mask();
   for (Index j0 = j_begin; j0 < j_end; j0 += TK) {
     const Index keys = std::min(TK, j_end - j0);
     const bool interior = w.lo[n - 1] <= j0 && w.hi[0] >= j0 + keys;
     qk_tile(x.k.row(j0), x.k.row_stride, keys, w.qt, dim_qk, w.s);
-    if (mods || !interior) modify_and_mask(x, i0, n, j0, keys, w.lo, w.hi, !interior, w.s);
-    Normaliser::absorb(w.s, keys, w.m, w.l, w.ot, dim_v, !interior || may_have_inf_mods);
+    if (mods) x.mods.apply(w.s, i0, n, j0, keys);
+    if (!interior) mask_outside_band(w.s, j0, keys, w.lo, w.hi);
+    Normaliser::absorb(w.s, keys, w.m, w.l, w.ot, dim_v, !interior || may_mask);
     pv_tile(x.v.row(j0), x.v.row_stride, keys, dim_v, w.s, w.ot);
   }
   for (Index r = 0; r < n; ++r) {
@@ -405,7 +244,7 @@ void attend_rows(const QuadraticCall<T>& c, Index b, Index kvh, Index kc0, Index
         const Index n = hi - lo;
         for (Index j = lo; j < hi; ++j) {
           T s = dot(w.qs + r * dq, x.k.row(j), dq);
-          if (x.mods.any()) s = x.mods.apply(s, i, j, seg.q0 + i, seg.k0 + j);
+          if (x.mods.any()) s = x.mods.apply(s, i, j);
           w.sc[j - lo] = s;
         }
         const T bm = max_of(w.sc, n);
