@@ -15,6 +15,12 @@
 
 #include "support/softmax_case.hpp"
 
+// Our replacement operators pair new with free on purpose (allocate() is malloc-based); GCC cannot
+// see through the replacement and warns at every call site.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+
 namespace {
 
 std::atomic<bool> g_counting{false};
