@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Builds the softmax benchmark for this machine's ISA (Release, -march=native, build/release) and
-# runs it. Extra arguments go to the benchmark, e.g. --benchmark_filter=Decode.
+# Builds everything (Release, -march=native, build/release) and runs the benchmark, which ends with
+# a summary table. Extra arguments go to the benchmark, e.g. --quick or --benchmark_filter=decode.
 # Results: the console, and build/release/bench.json.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/ensure-deps.sh
 cmake --preset release -DEFFATTN_NATIVE=ON -DEFFATTN_BUILD_BENCHMARKS=ON
-cmake --build --preset bench
+cmake --build --preset release
 
 # bench/CMakeLists.txt decides where the binary lands; look it up instead of assuming a path.
 bench=$(find build/release -type f -name effattn_bench_softmax -perm -u+x -print -quit)
