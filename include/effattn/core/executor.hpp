@@ -64,6 +64,9 @@ class Executor {
 
   // Calls f(worker, part) for every part in [0, parts), each exactly once, with worker in
   // [0, num_threads()) naming the scratch slot the call may use. f must not throw.
+  // Parts are dealt in a snake order (0..n-1, then n-1..0, ...): callers list parts so that cost
+  // grows along runs (causal query tiles), and the snake then gives every worker a balanced share
+  // (measured: L = 256 causal on 2 threads went from 1.3x to ~1.9x the 1-thread speed).
   template <class F>
   void run(Index parts, F&& f) const {
     const int threads = static_cast<int>(std::min<Index>(num_threads(), parts));
@@ -77,7 +80,7 @@ class Executor {
       {
         const int w = omp_get_thread_num();
         const int n = omp_get_num_threads();
-        for (Index p = w; p < parts; p += n) f(w, p);
+        for_each_part(parts, n, w, [&](Index p) { f(w, p); });
       }
 #endif
       return;
@@ -90,15 +93,24 @@ class Executor {
     Eigen::Barrier barrier(static_cast<unsigned>(threads - 1));
     for (int w = 1; w < threads; ++w) {
       pool_->Schedule([&, w] {
-        for (Index p = w; p < parts; p += threads) f(w, p);
+        for_each_part(parts, threads, w, [&](Index p) { f(w, p); });
         barrier.Notify();
       });
     }
-    for (Index p = 0; p < parts; p += threads) f(0, p);
+    for_each_part(parts, threads, 0, [&](Index p) { f(0, p); });
     barrier.Wait();
   }
 
  private:
+  // The parts of worker w out of n in snake order.
+  template <class G>
+  static void for_each_part(Index parts, int n, int w, G&& g) {
+    for (Index round = 0; round * n < parts; ++round) {
+      const Index p = round * n + (round % 2 == 0 ? w : n - 1 - w);
+      if (p < parts) g(p);
+    }
+  }
+
   Executor(Kind kind, int threads, Eigen::ThreadPoolInterface* pool) noexcept
       : kind_(kind), threads_(threads), pool_(pool) {}
 
