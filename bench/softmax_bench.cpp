@@ -169,6 +169,34 @@ const double* attention_reference(AttentionInputs& in, bool causal) {
   return ref.data();
 }
 
+// ---- the timed loop, shared by the kernel rows -------------------------------------------------------
+
+// Runs forward() under the benchmark loop with a caller-owned workspace (a plain vector, as a user
+// would pass it: any alignment must do) and records "allocs", heap allocations per steady-state call,
+// which should be 0. Returns false (the row skipped with the error) when check() refuses the call.
+bool timed_forward(benchmark::State& state, const effattn::SoftmaxAttention<float>& attn,
+                   effattn::ConstTensor4<float> q, effattn::ConstTensor4<float> k, effattn::ConstTensor4<float> v,
+                   effattn::Tensor4<float> out, const effattn::Mask& mask, int threads) {
+  effattn::Options<float> options;
+  options.executor = executor_for(threads);
+  std::vector<std::byte> workspace(attn.workspace_bytes(effattn::Problem::of<float>(q, k, v), threads));
+  options.workspace = workspace;
+  if (const effattn::Status s = attn.check(q, k, v, out, mask, options); !s) {
+    state.SkipWithError(s.message().c_str());
+    return false;
+  }
+  const std::uint64_t allocs_before = heap::allocations();
+  for (auto _ : state) {
+    attn.forward(q, k, v, out, mask, options);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  const std::uint64_t allocs = heap::allocations() - allocs_before;
+  state.counters["allocs"] =
+      static_cast<double>(allocs) / static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1));
+  return true;
+}
+
 // ---- softmax/... : the kernel --------------------------------------------------------------------------
 
 void bm_softmax(benchmark::State& state, Index len, Index dim, bool causal, int threads) {
@@ -184,28 +212,9 @@ void bm_softmax(benchmark::State& state, Index len, Index dim, bool causal, int 
     const effattn::Mask mask = make_mask(causal);
     const effattn::Problem problem = effattn::Problem::of<float>(q, k, v);
 
-    effattn::Options<float> options;
-    options.executor = executor_for(threads);
-    // A plain vector, as a user would pass it (any alignment must do): "allocs" then checks that a call
-    // with a workspace of workspace_bytes() never touches the heap.
-    std::vector<std::byte> workspace(attn.workspace_bytes(problem, threads));
-    options.workspace = workspace;
-    if (const effattn::Status s = attn.check(q, k, v, out, mask, options); !s) {
-      state.SkipWithError(s.message().c_str());
-      return;
-    }
-
-    const std::uint64_t allocs_before = heap::allocations();
-    for (auto _ : state) {
-      attn.forward(q, k, v, out, mask, options);
-      benchmark::DoNotOptimize(out_buf.data());
-      benchmark::ClobberMemory();
-    }
-    const std::uint64_t allocs = heap::allocations() - allocs_before;
+    if (!timed_forward(state, attn, q, k, v, out, mask, threads)) return;
 
     flop_counters(state, attn.cost(problem, mask).flops, threads);
-    // A forward() with a caller's workspace should not touch the heap at all.
-    state.counters["allocs"] = static_cast<double>(allocs) / static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1));
     state.counters["rel_err"] = relative_error(out_buf.data(), attention_reference(in, causal), in.ref_elements());
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
@@ -313,21 +322,7 @@ void bm_decode(benchmark::State& state, int threads, Index split_kv) {
     const effattn::Mask mask{};  // a new token sees the whole cache
     const effattn::Problem problem = effattn::Problem::of<float>(q, k, v);
 
-    effattn::Options<float> options;
-    options.executor = executor_for(threads);
-    // A plain vector, as a user would pass it (any alignment must do): "allocs" then checks that a call
-    // with a workspace of workspace_bytes() never touches the heap.
-    std::vector<std::byte> workspace(attn.workspace_bytes(problem, threads));
-    options.workspace = workspace;
-    if (const effattn::Status s = attn.check(q, k, v, out, mask, options); !s) {
-      state.SkipWithError(s.message().c_str());
-      return;
-    }
-    for (auto _ : state) {
-      attn.forward(q, k, v, out, mask, options);
-      benchmark::DoNotOptimize(out_buf.data());
-      benchmark::ClobberMemory();
-    }
+    if (!timed_forward(state, attn, q, k, v, out, mask, threads)) return;
     const effattn::Cost cost = attn.cost(problem, mask);
     // K and V dominate: 2 x Hkv x Lk x D floats must come from memory once per call.
     const double bytes = cost.bytes > 0 ? cost.bytes : 2.0 * kDecodeHeads * kDecodeLen * kDecodeDim * sizeof(float);
