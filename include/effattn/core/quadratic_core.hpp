@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <span>
 
@@ -96,20 +97,19 @@ template <class T>
 struct RowScratch {
   T* qs;   // [R, Dqk] scaled queries
   T* acc;  // [R, Dv]
-  T* m;    // [R]
-  T* l;    // [R]
+  SoftmaxState<T>* state;  // [R]
   T* sc;   // [kDecodeBlock] scores of one row
 
   static Index rows(const Problem& p) noexcept { return (p.kv_heads > 0 ? p.heads / p.kv_heads : 0) * p.len_q; }
   static ArenaPlan plan(const Problem& p) noexcept {
     const Index r = rows(p);
     ArenaPlan a;
-    a.add(r * p.dim_qk, sizeof(T)).add(r * p.dim_v, sizeof(T)).add(r, sizeof(T)).add(r, sizeof(T)).add(kDecodeBlock, sizeof(T));
+    a.add(r * p.dim_qk, sizeof(T)).add(r * p.dim_v, sizeof(T)).add(r, sizeof(SoftmaxState<T>)).add(kDecodeBlock, sizeof(T));
     return a;
   }
   static RowScratch take(Arena& a, const Problem& p) noexcept {
     const Index r = rows(p);
-    return {a.take<T>(r * p.dim_qk), a.take<T>(r * p.dim_v), a.take<T>(r), a.take<T>(r), a.take<T>(kDecodeBlock)};
+    return {a.take<T>(r * p.dim_qk), a.take<T>(r * p.dim_v), a.take<SoftmaxState<T>>(r), a.take<T>(kDecodeBlock)};
   }
 };
 
@@ -255,16 +255,14 @@ void attend_rows(const QuadraticCall<T>& c, Index b, Index kvh, Index kc0, Index
       const Index r = g * p.len_q + i;
       const T* qr = x.q.row(i);
       for (Index d = 0; d < dq; ++d) w.qs[r * dq + d] = c.scale * qr[d];
-      w.m[r] = Packet<T>::neg_inf();
-      w.l[r] = 0;
+      std::construct_at(w.state + r);
       std::fill(w.acc + r * dv, w.acc + (r + 1) * dv, T(0));
     }
   }
-  const HeadCtx<T> x0 = head_ctx(c, seg, kvh * group);
   for (Index jb = kc0; jb < kc1; jb += kDecodeBlock) {
     const Index je = std::min(kc1, jb + kDecodeBlock);
     for (Index g = 0; g < group; ++g) {
-      const HeadCtx<T> x = g == 0 ? x0 : head_ctx(c, seg, kvh * group + g);
+      const HeadCtx<T> x = head_ctx(c, seg, kvh * group + g);
       for (Index i = 0; i < p.len_q; ++i) {
         const Index r = g * p.len_q + i;
         const Index lo = std::max(jb, x.band.lo(i)), hi = std::min(je, x.band.hi(i));
@@ -275,20 +273,7 @@ void attend_rows(const QuadraticCall<T>& c, Index b, Index kvh, Index kc0, Index
           if (x.mods.any()) s = x.mods.apply(s, i, j);
           w.sc[j - lo] = s;
         }
-        const T bm = max_of(w.sc, n);
-        if (bm == Packet<T>::neg_inf()) continue;  // every key of this block masked by a boolean bias
-        T* acc = w.acc + r * dv;
-        if (bm > w.m[r]) {
-          if (w.l[r] > 0) {
-            const T alpha = std::exp(w.m[r] - bm);
-            w.l[r] *= alpha;
-            scale(acc, alpha, dv);
-          }
-          w.m[r] = bm;
-        }
-        w.l[r] += exp_sub_sum(w.sc, w.m[r], n);
-        for (Index j = lo; j < hi; ++j)
-          if (w.sc[j - lo] != T(0)) axpy(w.sc[j - lo], x.v.row(j), acc, dv);
+        w.state[r].absorb(w.sc, n, w.acc + r * dv, dv, [&](Index jj) { return x.v.row(lo + jj); });
       }
     }
   }
@@ -296,11 +281,8 @@ void attend_rows(const QuadraticCall<T>& c, Index b, Index kvh, Index kc0, Index
     const HeadCtx<T> x = head_ctx(c, seg, kvh * group + g);
     for (Index i = 0; i < p.len_q; ++i) {
       const Index r = g * p.len_q + i;
-      const T l = w.l[r];
-      const T inv = l > 0 ? T(1) / l : T(0);
-      const T lse = l > 0 ? w.m[r] + std::log(l) : Packet<T>::neg_inf();
       T* o = partial ? partial + r * (dv + 1) : x.out.row(i);
-      for (Index cc = 0; cc < dv; ++cc) o[cc] = w.acc[r * dv + cc] * inv;
+      const T lse = w.state[r].finish(w.acc + r * dv, o, dv);
       if (partial) o[dv] = lse;
       else if (x.lse) x.lse[i] = lse;
     }

@@ -7,13 +7,69 @@
 //   m = max(lse_a, lse_b), w_x = exp(lse_x - m), out = (w_a out_a + w_b out_b) / (w_a + w_b),
 //   lse = m + log(w_a + w_b).
 // This is what split-KV decode, ring attention and MRA's coarse/fine combination build on.
+//
+// SoftmaxState is the same thing before normalisation, for one query row: the running maximum m of
+// the logits seen so far and l = sum exp(s - m), next to an accumulator acc = sum exp(s - m) v that
+// the caller owns. It absorbs blocks of scores and merges with another state exactly.
 
 #include <cmath>
 
 #include "effattn/core/errors.hpp"
 #include "effattn/core/tensor.hpp"
+#include "effattn/simd/row_ops.hpp"
 
 EFFATTN_BEGIN_NAMESPACE
+template <class T>
+struct SoftmaxState {
+  T max = -std::numeric_limits<T>::infinity();
+  T sum = 0;
+
+  // Natural-log sum of exp over every key absorbed; -inf when none was visible.
+  [[nodiscard]] T lse() const noexcept { return sum > 0 ? max + std::log(sum) : -std::numeric_limits<T>::infinity(); }
+
+  // Raises the running maximum to m, rescaling sum and acc[0:dim_v]: the accumulator is only touched
+  // when the maximum moves, which after the first blocks is rare.
+  void raise_max(T m, T* acc, Index dim_v) noexcept {
+    if (!(m > max)) return;
+    if (sum > 0) {
+      const T alpha = std::exp(max - m);
+      sum *= alpha;
+      detail::scale(acc, alpha, dim_v);
+    }
+    max = m;
+  }
+
+  // Absorbs the logits s[0:n] (-inf = masked) of keys whose value rows are value_row(0..n-1);
+  // s is overwritten with the probabilities relative to the new maximum.
+  template <class ValueRow>
+  void absorb(T* s, Index n, T* acc, Index dim_v, ValueRow&& value_row) noexcept {
+    const T block_max = detail::max_of(s, n);
+    if (block_max == -std::numeric_limits<T>::infinity()) return;  // every key masked
+    raise_max(block_max, acc, dim_v);
+    sum += detail::exp_sub_sum(s, max, n);
+    for (Index j = 0; j < n; ++j)
+      if (s[j] != T(0)) detail::axpy(s[j], value_row(j), acc, dim_v);
+  }
+
+  // out[0:dim_v] = acc / sum (0 when no key was visible); returns the lse.
+  T finish(const T* acc, T* out, Index dim_v) const noexcept {
+    const T inv = sum > 0 ? T(1) / sum : T(0);
+    for (Index c = 0; c < dim_v; ++c) out[c] = acc[c] * inv;
+    return lse();
+  }
+};
+
+// Folds state b (with its accumulator acc_b) into a (acc_a): afterwards a is the state over the keys
+// of both.
+template <class T>
+void merge_into(SoftmaxState<T>& a, T* acc_a, const SoftmaxState<T>& b, const T* acc_b, Index dim_v) noexcept {
+  if (!(b.sum > 0)) return;
+  a.raise_max(b.max, acc_a, dim_v);
+  const T wb = std::exp(b.max - a.max);
+  a.sum += wb * b.sum;
+  detail::axpy(wb, acc_b, acc_a, dim_v);
+}
+
 namespace detail {
 
 // Combines one row: writes out[0:n] and returns the merged lse. out may alias out_a or out_b.
