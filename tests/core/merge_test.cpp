@@ -164,3 +164,62 @@ TYPED_TEST(Merge, RefusesMismatchedShapes) {
 
 }  // namespace
 }  // namespace effattn_test
+
+// SoftmaxState: absorbing keys in blocks, or in two halves merged with merge_into, gives the
+// softmax-weighted mean and log-sum-exp of a direct double computation; masked keys (-inf) count
+// for nothing and a state that saw no key leaves the other unchanged.
+namespace effattn_test {
+namespace {
+
+template <class T>
+class SoftmaxStateTest : public ::testing::Test {};
+TYPED_TEST_SUITE(SoftmaxStateTest, Scalars);
+
+TYPED_TEST(SoftmaxStateTest, BlocksAndMergeMatchDirectSoftmax) {
+  using T = TypeParam;
+  constexpr Index n = 301, dv = 19;
+  std::vector<T> logits(n), values(n * dv);
+  for (Index j = 0; j < n; ++j) {
+    // Spread over +-40 with every seventh key masked: exercises max moves, rescaling and -inf.
+    logits[j] = j % 7 == 3 ? -std::numeric_limits<T>::infinity() : static_cast<T>(40.0 * std::sin(0.37 * j));
+    for (Index c = 0; c < dv; ++c) values[j * dv + c] = static_cast<T>(std::cos(0.11 * j + c));
+  }
+  double m = -std::numeric_limits<double>::infinity(), l = 0;
+  for (T s : logits) m = std::max(m, static_cast<double>(s));
+  std::vector<double> want(dv, 0.0);
+  for (Index j = 0; j < n; ++j) {
+    if (logits[j] == -std::numeric_limits<T>::infinity()) continue;
+    const double p = std::exp(static_cast<double>(logits[j]) - m);
+    l += p;
+    for (Index c = 0; c < dv; ++c) want[c] += p * static_cast<double>(values[j * dv + c]);
+  }
+  for (double& w : want) w /= l;
+  const double want_lse = m + std::log(l);
+
+  const auto absorb_range = [&](effattn::SoftmaxState<T>& st, std::vector<T>& acc, Index j0, Index j1, Index block) {
+    for (Index b = j0; b < j1; b += block) {
+      const Index e = std::min(j1, b + block);
+      std::vector<T> s(logits.begin() + b, logits.begin() + e);
+      st.absorb(s.data(), e - b, acc.data(), dv, [&](Index jj) { return values.data() + (b + jj) * dv; });
+    }
+  };
+  const double tol = sizeof(T) == 4 ? 2e-6 : 1e-13;
+  for (Index split : {Index(0), Index(1), Index(150), Index(300), n}) {
+    effattn::SoftmaxState<T> a, b;
+    std::vector<T> acc_a(dv, T(0)), acc_b(dv, T(0)), out(dv);
+    absorb_range(a, acc_a, 0, split, 64);
+    absorb_range(b, acc_b, split, n, 17);
+    effattn::merge_into(a, acc_a.data(), b, acc_b.data(), dv);
+    const T lse = a.finish(acc_a.data(), out.data(), dv);
+    EXPECT_NEAR(lse, want_lse, tol * std::abs(want_lse)) << "split " << split;
+    for (Index c = 0; c < dv; ++c) EXPECT_NEAR(out[c], want[c], tol) << "split " << split << " column " << c;
+  }
+
+  effattn::SoftmaxState<T> empty;
+  std::vector<T> acc(dv, T(0)), out(dv, T(1));
+  EXPECT_EQ(empty.finish(acc.data(), out.data(), dv), -std::numeric_limits<T>::infinity());
+  EXPECT_THAT(out, ::testing::Each(T(0)));
+}
+
+}  // namespace
+}  // namespace effattn_test
