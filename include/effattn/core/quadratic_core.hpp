@@ -70,46 +70,43 @@ inline constexpr Index kQueryTilesPerPass = 4;
 // the pass its transposed queries, output accumulator and softmax state.
 template <class T>
 struct TileScratch {
-  T* qt;      // [G, Dqk, TQ] scaled queries, transposed
-  T* s;       // [TK, TQ] scores, then probabilities
-  T* ot;      // [G, Dv, TQ] unnormalised output, transposed
-  T* m;       // [G, TQ] running max
-  T* l;       // [G, TQ] running sum
-  Index* lo;  // [G, TQ] first visible key per query
-  Index* hi;  // [G, TQ] one past the last visible key
+  T* qt = nullptr;      // [G, Dqk, TQ] scaled queries, transposed
+  T* s = nullptr;       // [TK, TQ] scores, then probabilities
+  T* ot = nullptr;      // [G, Dv, TQ] unnormalised output, transposed
+  T* m = nullptr;       // [G, TQ] running max
+  T* l = nullptr;       // [G, TQ] running sum
+  Index* lo = nullptr;  // [G, TQ] first visible key per query
+  Index* hi = nullptr;  // [G, TQ] one past the last visible key
 
   static constexpr Index G = kQueryTilesPerPass;
   static constexpr Index TQ = kTileQ<T>;
-  static ArenaPlan plan(const Problem& p) noexcept {
-    ArenaPlan a;
-    a.add(G * p.dim_qk * TQ, sizeof(T)).add(kTileK<T> * TQ, sizeof(T)).add(G * p.dim_v * TQ, sizeof(T));
-    a.add(G * TQ, sizeof(T)).add(G * TQ, sizeof(T)).add(G * TQ, sizeof(Index)).add(G * TQ, sizeof(Index));
-    return a;
-  }
-  static TileScratch take(Arena& a, const Problem& p) noexcept {
-    return {a.take<T>(G * p.dim_qk * TQ), a.take<T>(kTileK<T> * TQ), a.take<T>(G * p.dim_v * TQ), a.take<T>(G * TQ),
-            a.take<T>(G * TQ),          a.take<Index>(G * TQ),       a.take<Index>(G * TQ)};
+  template <class Visit>
+  void fields(const Problem& p, Visit&& visit) {
+    visit(qt, G * p.dim_qk * TQ);
+    visit(s, kTileK<T> * TQ);
+    visit(ot, G * p.dim_v * TQ);
+    visit(m, G * TQ);
+    visit(l, G * TQ);
+    visit(lo, G * TQ);
+    visit(hi, G * TQ);
   }
 };
 
 // Per-thread scratch of the decode (row) kernel: all query rows of one KV head.
 template <class T>
 struct RowScratch {
-  T* qs;   // [R, Dqk] scaled queries
-  T* acc;  // [R, Dv]
-  SoftmaxState<T>* state;  // [R]
-  T* sc;   // [kDecodeBlock] scores of one row
+  T* qs = nullptr;                   // [R, Dqk] scaled queries
+  T* acc = nullptr;                  // [R, Dv]
+  SoftmaxState<T>* state = nullptr;  // [R]
+  T* sc = nullptr;                   // [kDecodeBlock] scores of one row
 
   static Index rows(const Problem& p) noexcept { return (p.kv_heads > 0 ? p.heads / p.kv_heads : 0) * p.len_q; }
-  static ArenaPlan plan(const Problem& p) noexcept {
-    const Index r = rows(p);
-    ArenaPlan a;
-    a.add(r * p.dim_qk, sizeof(T)).add(r * p.dim_v, sizeof(T)).add(r, sizeof(SoftmaxState<T>)).add(kDecodeBlock, sizeof(T));
-    return a;
-  }
-  static RowScratch take(Arena& a, const Problem& p) noexcept {
-    const Index r = rows(p);
-    return {a.take<T>(r * p.dim_qk), a.take<T>(r * p.dim_v), a.take<SoftmaxState<T>>(r), a.take<T>(kDecodeBlock)};
+  template <class Visit>
+  void fields(const Problem& p, Visit&& visit) {
+    visit(qs, rows(p) * p.dim_qk);
+    visit(acc, rows(p) * p.dim_v);
+    visit(state, rows(p));
+    visit(sc, kDecodeBlock);
   }
 };
 
@@ -123,7 +120,7 @@ inline Index split_chunks(const Problem& p, Index split_kv) noexcept {
 template <class T>
 std::size_t scratch_per_thread(const Problem& p) noexcept {
   const bool decode = p.len_q <= kDecodeMaxRows;
-  return std::max(TileScratch<T>::plan(p).bytes(), decode ? RowScratch<T>::plan(p).bytes() : 0);
+  return std::max(plan_of<TileScratch<T>>(p).bytes(), decode ? plan_of<RowScratch<T>>(p).bytes() : 0);
 }
 
 template <class T>
@@ -311,7 +308,7 @@ void run_quadratic(const QuadraticCall<T>& c, const Executor& exec, std::span<st
     T* partial = chunks > 1 ? arena.take<T>(p.batch * p.heads * p.len_q * chunks * (p.dim_v + 1)) : nullptr;
     exec.run(p.batch * p.kv_heads * chunks, [&](int w, Index item) {
       Arena a = worker_arena(w);
-      const RowScratch<T> rs = RowScratch<T>::take(a, p);
+      const auto rs = take_from<RowScratch<T>>(a, p);
       const Index ch = item % chunks, bk = item / chunks;
       const Index b = bk / p.kv_heads, kvh = bk % p.kv_heads;
       const Index len_k = segment(mask, p, b).len_k;
@@ -367,7 +364,7 @@ void run_quadratic(const QuadraticCall<T>& c, const Executor& exec, std::span<st
   const Index items = mask.packed() ? segs * p.heads : p.batch * p.heads * passes;
   exec.run(items, [&](int w, Index item) {
     Arena a = worker_arena(w);
-    const TileScratch<T> ts = TileScratch<T>::take(a, p);
+    const auto ts = take_from<TileScratch<T>>(a, p);
     const Index s = mask.packed() ? item / p.heads : item / (p.heads * passes);
     const Index h = mask.packed() ? item % p.heads : (item / passes) % p.heads;
     const Segment seg = segment(mask, p, s);

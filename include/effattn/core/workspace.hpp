@@ -78,6 +78,23 @@ class Arena {
   std::byte* end_ = nullptr;
 };
 
+// A scratch struct lists its buffers once, in fields(shape, visit), calling visit(pointer, count)
+// for each; the byte count and the carving both follow that one list, so they cannot disagree.
+template <class Scratch, class Shape>
+ArenaPlan plan_of(const Shape& shape) noexcept {
+  Scratch s{};
+  ArenaPlan plan;
+  s.fields(shape, [&]<class U>(U*&, Index count) { plan.add(count, sizeof(U)); });
+  return plan;
+}
+
+template <class Scratch, class Shape>
+Scratch take_from(Arena& arena, const Shape& shape) noexcept {
+  Scratch s{};
+  s.fields(shape, [&]<class U>(U*& ptr, Index count) { ptr = arena.take<U>(count); });
+  return s;
+}
+
 }  // namespace detail
 
 EFFATTN_END_NAMESPACE
