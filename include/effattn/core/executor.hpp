@@ -63,30 +63,29 @@ class Executor {
   }
 
   // Calls f(worker, part) for every part in [0, parts), each exactly once, with worker in
-  // [0, num_threads()) naming the scratch slot the call may use. f must not throw.
+  // [0, workers) naming the scratch slot the call may use (callers size scratch for `workers`, read
+  // from num_threads() once). f must not throw.
   // Parts are dealt in a snake order (0..n-1, then n-1..0, ...): callers list parts so that cost
   // grows along runs (causal query tiles), and the snake then gives every worker a balanced share
   // (measured: L = 256 causal on 2 threads went from 1.3x to ~1.9x the 1-thread speed).
   template <class F>
-  void run(Index parts, F&& f) const {
-    const int threads = static_cast<int>(std::min<Index>(num_threads(), parts));
-    if (threads <= 1 || kind_ == Kind::serial) {
-      for (Index p = 0; p < parts; ++p) f(0, p);
-      return;
-    }
-    if (kind_ == Kind::openmp) {
+  void run(Index parts, int workers, F&& f) const {
+    const int threads = static_cast<int>(std::min<Index>(std::min(workers, num_threads()), parts));
 #if defined(_OPENMP)
+    if (threads > 1 && kind_ == Kind::openmp) {
 #pragma omp parallel num_threads(threads)
       {
         const int w = omp_get_thread_num();
         const int n = omp_get_num_threads();
         for_each_part(parts, n, w, [&](Index p) { f(w, p); });
       }
-#endif
       return;
     }
-    if (pool_->CurrentThreadId() >= 0) {
-      // Called from one of the pool's own threads: waiting on tasks queued behind us could deadlock.
+#endif
+    // Serial; also an OpenMP executor reaching code compiled without OpenMP (a program may mix both
+    // kinds of translation unit), and a call from inside the pool itself, where waiting on tasks
+    // queued behind us could deadlock.
+    if (threads <= 1 || kind_ != Kind::pool || pool_->CurrentThreadId() >= 0) {
       for (Index p = 0; p < parts; ++p) f(0, p);
       return;
     }

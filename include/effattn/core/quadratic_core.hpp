@@ -306,7 +306,7 @@ void run_quadratic(const QuadraticCall<T>& c, const Executor& exec, std::span<st
     const Index group = p.heads / p.kv_heads;
     const Index rows = group * p.len_q;
     T* partial = chunks > 1 ? arena.take<T>(p.batch * p.heads * p.len_q * chunks * (p.dim_v + 1)) : nullptr;
-    exec.run(p.batch * p.kv_heads * chunks, [&](int w, Index item) {
+    exec.run(p.batch * p.kv_heads * chunks, threads, [&](int w, Index item) {
       Arena a = worker_arena(w);
       const auto rs = take_from<RowScratch<T>>(a, p);
       const Index ch = item % chunks, bk = item / chunks;
@@ -318,7 +318,7 @@ void run_quadratic(const QuadraticCall<T>& c, const Executor& exec, std::span<st
     });
     if (chunks > 1) {
       // Fixed left-to-right merge order: the result depends on split_kv, never on the thread count.
-      exec.run(p.batch * p.kv_heads, [&](int, Index bk) {
+      exec.run(p.batch * p.kv_heads, threads, [&](int, Index bk) {
         const Index b = bk / p.kv_heads, kvh = bk % p.kv_heads;
         const Segment seg = segment(mask, p, b);
         for (Index g = 0; g < group; ++g) {
@@ -362,7 +362,7 @@ void run_quadratic(const QuadraticCall<T>& c, const Executor& exec, std::span<st
       TQ * (p.batch * p.heads * ((tiles + TileScratch<T>::G - 1) / TileScratch<T>::G) >= min_items ? TileScratch<T>::G : 1);
   const Index passes = (p.len_q + rows_per_pass - 1) / rows_per_pass;
   const Index items = mask.packed() ? segs * p.heads : p.batch * p.heads * passes;
-  exec.run(items, [&](int w, Index item) {
+  exec.run(items, threads, [&](int w, Index item) {
     Arena a = worker_arena(w);
     const auto ts = take_from<TileScratch<T>>(a, p);
     const Index s = mask.packed() ? item / p.heads : item / (p.heads * passes);
