@@ -97,7 +97,6 @@ TEST(AllocationCounter, SeesAllocations) {
 
 template <class T>
 class SteadyState : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
 TYPED_TEST_SUITE(SteadyState, Scalars);
 
 template <class T>

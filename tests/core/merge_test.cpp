@@ -21,7 +21,6 @@ using ::testing::HasSubstr;
 
 template <class T>
 class Merge : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
 TYPED_TEST_SUITE(Merge, Scalars);
 
 // Keys [j0, j1) of every input: k, v, the bias columns and the key lengths that fall inside.

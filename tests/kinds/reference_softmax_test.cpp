@@ -351,7 +351,6 @@ TEST(ReferenceSoftmax, RefusesMismatchedShapes) {
 
 template <class T>
 class ReferenceGolden : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
 TYPED_TEST_SUITE(ReferenceGolden, Scalars);
 
 // The golden inputs are float32 values stored as float64, so reading them as either T is exact and

@@ -16,7 +16,6 @@ namespace {
 
 template <class T>
 class SoftmaxDecode : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
 TYPED_TEST_SUITE(SoftmaxDecode, Scalars);
 
 // The same inputs with every KV head repeated H/Hkv times, so Hkv = H.

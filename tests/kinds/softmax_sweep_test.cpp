@@ -20,7 +20,6 @@ namespace {
 
 template <class T>
 class SoftmaxSweep : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
 TYPED_TEST_SUITE(SoftmaxSweep, Scalars);
 
 template <class T>

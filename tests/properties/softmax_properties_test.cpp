@@ -17,7 +17,6 @@ namespace {
 
 template <class T>
 class SoftmaxProperties : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
 TYPED_TEST_SUITE(SoftmaxProperties, Scalars);
 
 // Logits near +1e4 or -1e4 with small spreads, built from small integers with scale 1 so every logit

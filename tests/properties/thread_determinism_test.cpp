@@ -20,7 +20,6 @@ namespace {
 
 template <class T>
 class ThreadDeterminism : public ::testing::Test {};
-using Scalars = ::testing::Types<float, double>;
 TYPED_TEST_SUITE(ThreadDeterminism, Scalars);
 
 template <class T>

@@ -27,6 +27,9 @@ namespace effattn_test {
 using effattn::Causal;
 using effattn::Layout;
 
+// Every typed suite runs over both scalar types the kinds support.
+using Scalars = ::testing::Types<float, double>;
+
 // A heap buffer whose first element sits `offset` elements past an allocation boundary, so kernels
 // are exercised on base pointers that are not packet-aligned.
 template <class T>
