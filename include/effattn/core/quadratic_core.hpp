@@ -183,7 +183,7 @@ HeadCtx<T> head_ctx(const QuadraticCall<T>& c, const Segment& seg, Index h) noex
 // computes does not depend on how many query tiles share a pass: the pass is a cache blocking only.
 template <class T, class Normaliser>
 void attend_query_tiles(const HeadCtx<T>& x, Index i0, Index n, Index dim_qk, Index dim_v, T scale,
-                        const TileScratch<T>& w) noexcept {
+                        const TileScratch<T>& w, const Normaliser& norm) noexcept {
   constexpr Index TQ = kTileQ<T>;
   constexpr Index TK = kTileK<T>;
   const Index tiles = (n + TQ - 1) / TQ;
@@ -202,7 +202,7 @@ void attend_query_tiles(const HeadCtx<T>& x, Index i0, Index n, Index dim_qk, In
       lo[r] = x.band.lo(i);
       hi[r] = x.band.hi(i);
     }
-    Normaliser::begin(w.m + t * TQ, w.l + t * TQ, w.ot + t * dim_v * TQ, dim_v);
+    norm.begin(qt, dim_qk, i0 + t * TQ, w.m + t * TQ, w.l + t * TQ, w.ot + t * dim_v * TQ, dim_v);
   }
   const bool mods = x.mods.any();
   const bool may_mask = x.mods.may_mask();
@@ -221,14 +221,14 @@ void attend_query_tiles(const HeadCtx<T>& x, Index i0, Index n, Index dim_qk, In
       qk_tile(x.k.row(j0), x.k.row_stride, keys, w.qt + t * dim_qk * TQ, dim_qk, w.s);
       if (mods) x.mods.apply(w.s, i0 + t * TQ, std::min(TQ, n - t * TQ), j0, keys);
       if (!interior) mask_outside_band(w.s, j0, keys, lo, hi);
-      Normaliser::absorb(w.s, keys, w.m + t * TQ, w.l + t * TQ, ot, dim_v, !interior || may_mask);
+      norm.absorb(w.s, i0 + t * TQ, j0, keys, w.m + t * TQ, w.l + t * TQ, ot, dim_v, !interior || may_mask);
       pv_tile(x.v.row(j0), x.v.row_stride, keys, dim_v, w.s, ot);
     }
   }
   for (Index r = 0; r < n; ++r) {
     const Index t = r / TQ, lane = r % TQ;
     const T l = w.l[r];
-    const T inv = l > 0 ? T(1) / l : T(0);
+    const T inv = norm.inverse(l);
     const T* ot = w.ot + t * dim_v * TQ + lane;
     T* o = x.out.row(i0 + r);
     for (Index c = 0; c < dim_v; ++c) o[c] = ot[c * TQ] * inv;
@@ -287,7 +287,8 @@ void attend_rows(const QuadraticCall<T>& c, Index b, Index kvh, Index kc0, Index
 }
 
 template <class T, class Normaliser>
-void run_quadratic(const QuadraticCall<T>& c, const Executor& exec, std::span<std::byte> workspace) {
+void run_quadratic(const QuadraticCall<T>& c, const Normaliser& norm, const Executor& exec,
+                   std::span<std::byte> workspace) {
   const Problem& p = c.problem;
   const Mask& mask = *c.mask;
   if (p.batch == 0 || p.heads == 0 || p.len_q == 0) return;
@@ -372,7 +373,7 @@ void run_quadratic(const QuadraticCall<T>& c, const Executor& exec, std::span<st
     const Index first = mask.packed() ? 0 : (item % passes) * rows_per_pass;
     const Index end = mask.packed() ? seg.len_q : std::min(seg.len_q, first + rows_per_pass);
     for (Index i0 = first; i0 < end; i0 += rows_per_pass)
-      attend_query_tiles<T, Normaliser>(x, i0, std::min(rows_per_pass, end - i0), p.dim_qk, p.dim_v, c.scale, ts);
+      attend_query_tiles<T>(x, i0, std::min(rows_per_pass, end - i0), p.dim_qk, p.dim_v, c.scale, ts, norm);
   });
 }
 

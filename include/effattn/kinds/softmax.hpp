@@ -103,7 +103,7 @@ class SoftmaxAttention {
     call.softcap = static_cast<T>(config_.softcap);
     call.alibi_slopes = config_.alibi_slopes;
     call.split_kv = config_.split_kv;
-    detail::run_quadratic<T, detail::OnlineSoftmax<T>>(call, options.executor, options.workspace);
+    detail::run_quadratic<T>(call, detail::OnlineSoftmax<T>{}, options.executor, options.workspace);
   }
 
  private:

@@ -40,15 +40,25 @@ struct Packet {
   // Eigen's vectorised exp clamps its argument, so exp(-inf) is a tiny denormal, not 0: callers that
   // need exact zeros for masked entries select them after the exp.
   static EFFATTN_ALWAYS_INLINE P exp(const P& x) { return Eigen::internal::pexp(x); }
+  // Eigen 3.4 vectorises tanh, sin and cos for float only; double goes lane by lane through libm.
   static EFFATTN_ALWAYS_INLINE P tanh(const P& x) {
-    if constexpr (std::is_same_v<T, float>) {
-      return Eigen::internal::ptanh(x);
-    } else {  // Eigen 3.4 has no packet tanh for double
-      alignas(64) T lanes[size];
-      store(lanes, x);
-      for (T& t : lanes) t = std::tanh(t);
-      return load(lanes);
-    }
+    if constexpr (std::is_same_v<T, float>) return Eigen::internal::ptanh(x);
+    else return per_lane(x, [](T t) { return std::tanh(t); });
+  }
+  static EFFATTN_ALWAYS_INLINE P sin(const P& x) {
+    if constexpr (std::is_same_v<T, float>) return Eigen::internal::psin(x);
+    else return per_lane(x, [](T t) { return std::sin(t); });
+  }
+  static EFFATTN_ALWAYS_INLINE P cos(const P& x) {
+    if constexpr (std::is_same_v<T, float>) return Eigen::internal::pcos(x);
+    else return per_lane(x, [](T t) { return std::cos(t); });
+  }
+  template <class F>
+  static EFFATTN_ALWAYS_INLINE P per_lane(const P& x, F f) {
+    alignas(64) T lanes[size];
+    store(lanes, x);
+    for (T& t : lanes) t = f(t);
+    return load(lanes);
   }
 
   // Lane masks: all bits set where true.

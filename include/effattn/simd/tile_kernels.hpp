@@ -35,25 +35,27 @@ EFFATTN_ALWAYS_INLINE void for_row_blocks(Index n, F&& f) {
   }
 }
 
-// The one register-blocked kernel of the core, for MR lane rows:
-//   c[r, :] (+)= sum_x a[r * a_row + x * a_step] * b[x, :]        b: [steps, kTileQ], c: [MR, kTileQ]
+// The one register-blocked kernel of both cores, for MR lane rows:
+//   c[r, :] (+)= sum_x a[r * a_row + x * a_step] * b[x, :]     b: [steps, kTileQ] rows ldb apart,
+//                                                              c: [MR, kTileQ] rows ldc apart
 // Scores are (a = K rows, a_step = 1, b = transposed queries); the output update is (a = V columns,
-// a_row = 1, b = probabilities). Each a element is broadcast once and feeds 2 FMAs.
+// a_row = 1, b = probabilities). The linear core projects rows onto random features and sums
+// phi(K)^T V with the same kernel, reading b and writing c as kTileQ-wide panels of wider rows.
+// Each a element is broadcast once and feeds 2 FMAs.
 template <class T, int MR, bool Accumulate>
 EFFATTN_ALWAYS_INLINE void lane_block(const T* EFFATTN_RESTRICT a, Index a_row, Index a_step, Index steps,
-                                      const T* EFFATTN_RESTRICT b, T* EFFATTN_RESTRICT c) {
+                                      const T* EFFATTN_RESTRICT b, Index ldb, T* EFFATTN_RESTRICT c, Index ldc) {
   using S = Packet<T>;
   constexpr int W = S::size;
-  constexpr int TQ = kTileQ<T>;
   typename S::P c0[MR], c1[MR];
   EFFATTN_UNROLL
   for (int r = 0; r < MR; ++r) {
-    c0[r] = Accumulate ? S::load(c + r * TQ) : S::zero();
-    c1[r] = Accumulate ? S::load(c + r * TQ + W) : S::zero();
+    c0[r] = Accumulate ? S::load(c + r * ldc) : S::zero();
+    c1[r] = Accumulate ? S::load(c + r * ldc + W) : S::zero();
   }
   for (Index x = 0; x < steps; ++x) {
-    const auto b0 = S::load(b + x * TQ);
-    const auto b1 = S::load(b + x * TQ + W);
+    const auto b0 = S::load(b + x * ldb);
+    const auto b1 = S::load(b + x * ldb + W);
     const T* ax = a + x * a_step;
     EFFATTN_UNROLL
     for (int r = 0; r < MR; ++r) {
@@ -64,16 +66,17 @@ EFFATTN_ALWAYS_INLINE void lane_block(const T* EFFATTN_RESTRICT a, Index a_row, 
   }
   EFFATTN_UNROLL
   for (int r = 0; r < MR; ++r) {
-    S::store(c + r * TQ, c0[r]);
-    S::store(c + r * TQ + W, c1[r]);
+    S::store(c + r * ldc, c0[r]);
+    S::store(c + r * ldc + W, c1[r]);
   }
 }
 
-// lane_block over `rows` rows of a and c.
+// lane_block over `rows` rows of a and c. b and c rows are packet-aligned.
 template <class T, bool Accumulate>
-void lane_tile(const T* a, Index a_row, Index a_step, Index rows, Index steps, const T* b, T* c) noexcept {
+void lane_tile(const T* a, Index a_row, Index a_step, Index rows, Index steps, const T* b, T* c,
+               Index ldb = kTileQ<T>, Index ldc = kTileQ<T>) noexcept {
   for_row_blocks<kTileRows>(rows, [&](auto mr, Index r) {
-    lane_block<T, mr(), Accumulate>(a + r * a_row, a_row, a_step, steps, b, c + r * kTileQ<T>);
+    lane_block<T, mr(), Accumulate>(a + r * a_row, a_row, a_step, steps, b, ldb, c + r * ldc, ldc);
   });
 }
 
