@@ -47,6 +47,8 @@ struct StateRef {
   int* exponent = nullptr;
   Index* length = nullptr;
   Index ld = 0, dim_v = 0;
+  // Features rounded up to whole lane panels (<= ld; the columns between are padding).
+  [[nodiscard]] Index panels() const noexcept { return ld / kTileQ<T> * kTileQ<T>; }
 
   void clear() const noexcept {
     std::fill(st, st + dim_v * ld, T(0));
@@ -77,7 +79,7 @@ class LinearState {
  public:
   LinearState() = default;
   LinearState(Index slices, Index features, Index dim_v)
-      : slices_(slices), features_(features), dim_v_(dim_v), ld_(round_up(features)) {
+      : slices_(slices), features_(features), dim_v_(dim_v), ld_(detail::feature_ld<T>(features)) {
     if (slices < 0 || features < 1 || dim_v < 0)
       throw config_error(detail::cat("LinearState: slices ", slices, ", features ", features, ", dim_v ", dim_v,
                                      " (need slices >= 0, features >= 1, dim_v >= 0)"));
@@ -129,7 +131,6 @@ class LinearState {
   }
 
  private:
-  static Index round_up(Index n) noexcept { return (n + detail::kTileQ<T> - 1) / detail::kTileQ<T> * detail::kTileQ<T>; }
   [[nodiscard]] Index stride() const noexcept { return (dim_v_ + 1) * ld_; }
   [[nodiscard]] T unscale(T x, Index slice) const noexcept {
     const int e = exponent_[static_cast<std::size_t>(slice)];
@@ -270,7 +271,7 @@ void add_rows(const StateRef<T>& s, const T* phi, Index n, Index nv, const T* v,
   if (n == 1) {
     for (Index c = 0; c < s.dim_v && nv == 1; ++c) axpy(v[c], phi, s.st + c * s.ld, s.ld);
   } else {
-    for (Index f = 0; f < s.ld; f += kTileQ<T>) lane_tile<T, true>(v, 1, vs, s.dim_v, nv, phi + f, s.st + f, s.ld, s.ld);
+    for (Index f = 0; f < s.panels(); f += kTileQ<T>) lane_tile<T, true>(v, 1, vs, s.dim_v, nv, phi + f, s.st + f, s.ld, s.ld);
   }
   for (Index r = 0; r < n; ++r) axpy(T(1), phi + r * s.ld, s.z, s.ld);
   *s.length += n;

@@ -47,7 +47,7 @@ class RandomFeatureMap {
     const bool doubled = feature == Feature::hyperbolic || feature == Feature::trigonometric ||
                          feature == Feature::hkunlp_fourier;
     features_ = doubled ? 2 * m_ : m_;
-    ld_ = round_up(features_);
+    ld_ = detail::feature_ld<T>(features_);
     half_scale_ = static_cast<T>(scale / 2);
     ratio_ = feature == Feature::relu || feature == Feature::elu_plus_one
                  ? T(1)
@@ -55,15 +55,18 @@ class RandomFeatureMap {
     if (compat == Compat::lucidrains) eps_in_ = T(1e-4);
     if (compat == Compat::hkunlp && feature == Feature::positive) eps_out_ = T(1e-4);
     if (!identity) {
-      // W^T per head, [dim, mp] with zero columns past m, pre-multiplied by what multiplies x inside
-      // u: sqrt(scale) (x' = x sqrt(scale)), or 1/temperature for RFA's normalised inputs.
+      // W^T per head in lane panels, [mp / lane][dim][lane] with zero columns past m (a panel is
+      // contiguous, so the projection's lane kernel reads it without L1 set conflicts), pre-multiplied
+      // by what multiplies x inside u: sqrt(scale) (x' = x sqrt(scale)), or 1/temperature for RFA's
+      // normalised inputs.
       const double mult = l2_ ? 1.0 / temperature
                               : (feature == Feature::trigonometric ? std::sqrt(scale) / temperature : std::sqrt(scale));
       wt_.assign(static_cast<std::size_t>(heads_ * dim_ * mp_), T(0));
       for (Index h = 0; h < heads_; ++h)
         for (Index r = 0; r < m_; ++r)
           for (Index d = 0; d < dim_; ++d)
-            wt_[static_cast<std::size_t>((h * dim_ + d) * mp_ + r)] = static_cast<T>(projection(h, r, d) * mult);
+            wt_[static_cast<std::size_t>(h * dim_ * mp_ + (r / kLane * dim_ + d) * kLane + r % kLane)] =
+                static_cast<T>(projection(h, r, d) * mult);
     }
   }
 
@@ -133,7 +136,7 @@ class RandomFeatureMap {
     if (!identity_) {
       const T* w = wt_.data() + (heads_ == 1 ? 0 : head) * dim_ * mp_;
       for (Index p = 0; p < mp_; p += kLane)
-        detail::lane_tile<T, false>(x, xs, 1, n, dim_, w + p, u + p, mp_, mp_);
+        detail::lane_tile<T, false>(x, xs, 1, n, dim_, w + p * dim_, u + p, kLane, mp_);
     }
     if (l2_) {
       // RFA normalises q and k to unit length before projecting (the 1e-3 keeps 0 finite).
@@ -146,8 +149,12 @@ class RandomFeatureMap {
 
   // Largest term of a row before stabilisation: max u (positive) or max |u| (hyperbolic).
   T peak(const T* u) const noexcept {
-    T g = -std::numeric_limits<T>::infinity();
-    for (Index f = 0; f < m_; ++f) g = std::max(g, feature_ == Feature::hyperbolic ? std::abs(u[f]) : u[f]);
+    auto vg = S::set1(-std::numeric_limits<T>::infinity());
+    const bool both = feature_ == Feature::hyperbolic;
+    Index f = 0;
+    for (; f + W <= m_; f += W) vg = S::max(vg, both ? S::abs(S::load(u + f)) : S::load(u + f));
+    T g = S::hmax(vg);
+    for (; f < m_; ++f) g = std::max(g, both ? std::abs(u[f]) : u[f]);
     return g;
   }
 

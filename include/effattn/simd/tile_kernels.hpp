@@ -54,8 +54,10 @@ EFFATTN_ALWAYS_INLINE void lane_block(const T* EFFATTN_RESTRICT a, Index a_row, 
     c1[r] = Accumulate ? S::load(c + r * ldc + W) : S::zero();
   }
   for (Index x = 0; x < steps; ++x) {
-    const auto b0 = S::load(b + x * ldb);
-    const auto b1 = S::load(b + x * ldb + W);
+    auto b0 = S::load(b + x * ldb);
+    auto b1 = S::load(b + x * ldb + W);
+    S::keep_in_register(b0);
+    S::keep_in_register(b1);
     const T* ax = a + x * a_step;
     EFFATTN_UNROLL
     for (int r = 0; r < MR; ++r) {
