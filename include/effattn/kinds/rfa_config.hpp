@@ -20,8 +20,10 @@ struct RfaConfig {
   // Orthogonal random features: blocks of Dqk orthogonal rows (QR of a Gaussian matrix with the sign
   // fix that makes it Haar-distributed), each row rescaled to a chi(Dqk) length.
   bool orthogonal = true;
-  // Projections are drawn from (seed, head, draw): the same seed gives the same matrices on every
-  // machine and thread count.
+  // Projections are drawn from (seed, head, draw) by a counter-based generator: the same seed gives
+  // the same matrices for any thread count or number of heads. Gaussian values go through libm's
+  // log/cos and orthogonal blocks through Eigen's QR, so across C libraries or ISAs they agree to
+  // rounding, not always bit for bit.
   std::uint64_t seed = 0;
   // One matrix for every head (performer-pytorch) instead of one per KV head.
   bool share_across_heads = false;
