@@ -10,9 +10,9 @@ cmake --preset release -DEFFATTN_NATIVE=ON -DEFFATTN_BUILD_BENCHMARKS=ON
 cmake --build --preset release
 
 # bench/CMakeLists.txt decides where the binary lands; look it up instead of assuming a path.
-bench=$(find build/release -type f -name effattn_bench_softmax -perm -u+x -print -quit)
+bench=$(find build/release -type f -name effattn_bench -perm -u+x -print -quit)
 if [[ -z $bench ]]; then
-  echo "run-benchmarks: effattn_bench_softmax was not built" >&2
+  echo "run-benchmarks: effattn_bench was not built" >&2
   exit 1
 fi
 "$bench" --benchmark_out=build/release/bench.json --benchmark_out_format=json "$@"

@@ -110,15 +110,21 @@ class RfaAttention {
   // new keys up to t. Equal (up to rounding) to a causal forward over the whole sequence.
   void extend(State& state, ConstTensor4<T> q, ConstTensor4<T> k, ConstTensor4<T> v, Tensor4<T> out,
               const Options<T>& options = {}) const {
-    run(q, k, v, std::nullopt, out, Mask{.causal = Causal::top_left}, options, &state);
+    run(q, k, v, std::nullopt, out, continuation(), options, &state);
   }
   void extend(State& state, ConstTensor4<T> q, ConstTensor4<T> k, ConstTensor4<T> v, ConstTensor3<T> gate,
               Tensor4<T> out, const Options<T>& options = {}) const {
-    run(q, k, v, gate, out, Mask{.causal = Causal::top_left}, options, &state);
+    run(q, k, v, gate, out, continuation(), options, &state);
   }
 
  private:
   [[nodiscard]] Index chunk() const noexcept { return config_.chunk; }
+  // The new tokens of extend(): token t sees the state and new keys up to t.
+  static Mask continuation() noexcept {
+    Mask m;
+    m.causal = Causal::top_left;
+    return m;
+  }
 
   void redraw() {
     const bool projected = config_.feature != Feature::relu && config_.feature != Feature::elu_plus_one;
@@ -159,6 +165,9 @@ class RfaAttention {
       if (mask.causal == Causal::none && !state)
         return error(ErrorCode::unsupported, name, "::forward: the recency gate is causal only; set mask.causal");
     }
+    if (gate && config_.compat != Compat::none)
+      return error(ErrorCode::unsupported, name, "::forward: the recency gate is RFA's; compat = ", to_string(config_.compat),
+                   " reproduces an implementation without one");
     if (gate) {
       const std::array<Index, 3> want{p.batch, p.kv_heads, p.len_k};
       for (int a = 0; a < 3; ++a)

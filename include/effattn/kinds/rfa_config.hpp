@@ -32,7 +32,10 @@ struct RfaConfig {
   bool l2_normalize = true;       // trigonometric: x~ = x / (|x| + 1e-3) (RFA); false: x~ = x'
   Compat compat = Compat::none;
   // Floor of the normaliser: out = num / max(den, clamp). Default: the preset's (hkunlp 1e-2), else
-  // none, where a zero denominator (every key masked) gives 0.
+  // none, where a zero denominator (every key masked) gives 0. With compat = none an exponential map
+  // (positive, hyperbolic, hkunlp_fourier) is stabilised by factors that cancel in num / den but not
+  // against a fixed floor, so a clamp is refused there (their denominators are positive anyway); it
+  // serves the trigonometric, relu and elu maps, whose denominators can approach 0.
   std::optional<double> clamp{};
   // Causal chunk length (keys per chunk of the chunked prefix sum); 0 picks the default.
   Index chunk = 0;
@@ -56,6 +59,12 @@ struct RfaConfig {
     if (clamp && !(std::isfinite(*clamp) && *clamp >= 0))
       return error(ErrorCode::config, who, "clamp is ", *clamp, "; it must be >= 0 and finite");
     if (chunk < 0) return error(ErrorCode::config, who, "chunk is ", chunk, "; it must be >= 0 (0 = default)");
+    const bool exponential =
+        feature == Feature::positive || feature == Feature::hyperbolic || feature == Feature::hkunlp_fourier;
+    if (compat == Compat::none && exponential && clamp && *clamp > 0)
+      return error(ErrorCode::config, who, "clamp is ", *clamp, " with the ", to_string(feature),
+                   " map and compat = none: its stabilised denominator is known only up to a factor that cancels "
+                   "in the ratio, so a fixed floor has no meaning (leave clamp unset, or use a compat preset)");
     if (compat == Compat::lucidrains && feature != Feature::positive)
       return error(ErrorCode::config, who, "compat = lucidrains reproduces performer-pytorch's softmax kernel and needs "
                                            "feature = positive, not ", to_string(feature));
