@@ -46,9 +46,9 @@ struct StateRef {
   T* z = nullptr;   // [ld]
   int* exponent = nullptr;
   Index* length = nullptr;
-  Index ld = 0, dim_v = 0;
+  Index ld = 0, dim_v = 0, features = 0;
   // Features rounded up to whole lane panels (<= ld; the columns between are padding).
-  [[nodiscard]] Index panels() const noexcept { return ld / kTileQ<T> * kTileQ<T>; }
+  [[nodiscard]] Index panels() const noexcept { return (features + kTileQ<T> - 1) / kTileQ<T> * kTileQ<T>; }
 
   void clear() const noexcept {
     std::fill(st, st + dim_v * ld, T(0));
@@ -127,7 +127,8 @@ class LinearState {
   // For the kernels.
   [[nodiscard]] detail::StateRef<T> ref(Index slice) noexcept {
     return {data_.data() + slice * stride(), data_.data() + slice * stride() + dim_v_ * ld_,
-            &exponent_[static_cast<std::size_t>(slice)], &length_[static_cast<std::size_t>(slice)], ld_, dim_v_};
+            &exponent_[static_cast<std::size_t>(slice)], &length_[static_cast<std::size_t>(slice)], ld_, dim_v_,
+            features_};
   }
 
  private:
@@ -526,7 +527,7 @@ void run_linear(const LinearCall<T, Map>& c, const Executor& exec, std::span<std
       }
       int e = kNoExponent;
       Index len = 0;
-      const StateRef<T> s{ls.st, ls.st + dv * ld, &e, &len, ld, dv};
+      const StateRef<T> s{ls.st, ls.st + dv * ld, &e, &len, ld, dv, c.map->features()};
       s.clear();
       causal_sequence(c, b, kvh, s, chunk, ts, ls);
     });
@@ -538,7 +539,7 @@ void run_linear(const LinearCall<T, Map>& c, const Executor& exec, std::span<std
   Index* lens = arena.take<Index>(lp.states);
   T* q_shift = arena.take<T>(lp.q_shifts);
   const auto state = [&](Index i) {
-    return StateRef<T>{st + i * (dv + 1) * ld, st + i * (dv + 1) * ld + dv * ld, exps + i, lens + i, ld, dv};
+    return StateRef<T>{st + i * (dv + 1) * ld, st + i * (dv + 1) * ld + dv * ld, exps + i, lens + i, ld, dv, c.map->features()};
   };
   exec.run(p.batch * p.kv_heads, threads, [&](int wi, Index item) {
     const auto [ts, ls] = worker(wi);
