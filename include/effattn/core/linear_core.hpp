@@ -25,6 +25,7 @@
 #include <limits>
 #include <optional>
 #include <span>
+#include <type_traits>
 
 #include "effattn/attention.hpp"
 #include "effattn/core/normalisers.hpp"
@@ -199,8 +200,8 @@ struct LinearScratch {
   T* map = nullptr;     // the map's scratch
   T* zeps = nullptr;    // [ld]
   T* vbuf = nullptr;    // [chunk, dim_v] value rows with padding zeroed
-  T* key_log = nullptr, *key_w = nullptr;  // [chunk]
-  T* query_log = nullptr;                  // [rows + TQ]
+  T* key_log = nullptr, *key_w = nullptr, *key_exp = nullptr;  // [chunk]
+  T* query_log = nullptr, *query_exp = nullptr;                // [rows + TQ]
   T* st = nullptr;      // causal: [(dim_v + 1) ld] the running state
   T* xrows = nullptr;   // decode: [chunk, dim_qk] the rows mapped together
   template <class Visit>
@@ -214,7 +215,9 @@ struct LinearScratch {
     visit(vbuf, s.chunk * s.dim_v);
     visit(key_log, s.chunk);
     visit(key_w, s.chunk);
+    visit(key_exp, s.chunk);
     visit(query_log, s.rows + kTileQ<T>);
+    visit(query_exp, s.rows + kTileQ<T>);
     visit(st, s.own_state ? (s.dim_v + 1) * s.ld : 0);
     visit(xrows, s.own_state ? s.chunk * s.dim_qk : 0);
   }
@@ -332,7 +335,7 @@ void global_keys(const LinearCall<T, Map>& c, Index b, Index kvh, const StateRef
 template <class T, class Map>
 void attend_linear(const LinearCall<T, Map>& c, Index b, Index h, Index i0, Index n, T q_shift, Index shift,
                    const StateRef<T>& s, Index c0, Index c1, const T* v_chunk, Index vs, const T* query_log,
-                   const TileScratch<T>& ts, const LinearScratch<T>& w) noexcept {
+                   const T* query_exp, const TileScratch<T>& ts, const LinearScratch<T>& w) noexcept {
   const Problem& p = c.problem;
   const Index kvh = h / (p.heads / p.kv_heads);
   const HeadRows<const T> q = head_rows(c.q, c.layout, b, h);
@@ -366,6 +369,11 @@ void attend_linear(const LinearCall<T, Map>& c, Index b, Index h, Index i0, Inde
     norm.key_w = w.key_w;
     norm.query_log = query_log;
   }
+  if (query_exp != nullptr) {
+    norm.key_exp = w.key_exp;
+    norm.query_exp = query_exp;
+    norm.state_exp = static_cast<T>(*s.exponent);
+  }
   attend_query_tiles<T>(x, 0, n, F, p.dim_v, T(1), ts, norm);
 }
 
@@ -374,10 +382,12 @@ void zero_rows(const HeadRows<T>& out, Index i0, Index i1) noexcept {
   for (Index i = i0; i < i1; ++i) std::fill(out.row(i), out.row(i) + out.cols, T(0));
 }
 
-// Gates below this are treated as it: keeps cumulative log-gates finite (exp(-80) ~ 2e-35 is
-// indistinguishable from 0 beside any weight that matters).
+// Log-gates are clamped here, so cumulative sums stay finite and small: a gate of exp(-25) ~ 1e-11
+// (float) or exp(-60) ~ 1e-26 (double) already removes what came before it below the type's
+// resolution, and a larger magnitude would only cost accuracy in the sums of the chunk (their rounding
+// scales with their size: with -80 a few zero gates put float outputs 1e-5 off).
 template <class T>
-inline constexpr T kMinLogGate = T(-80);
+inline constexpr T kMinLogGate = std::is_same_v<T, float> ? T(-25) : T(-60);
 
 // Chunked causal recurrence of one (sequence, KV head) from state s (cleared by the caller for a
 // forward, the caller's for extend): every query head of the group reads it chunk by chunk.
@@ -402,7 +412,19 @@ void causal_sequence(const LinearCall<T, Map>& c, Index b, Index kvh, const Stat
   for (Index c0 = 0; c0 < len_k; c0 += chunk) {
     const Index c1 = std::min(c0 + chunk, len_k), nk = c1 - c0;
     c.map->map(k.row(c0), k.row_stride, nk, kvh, mode, k_shift, w.phi_k, w.e, w.map);
-    align_rows(s, w.phi_k, scaled ? w.e : nullptr, nk);
+    if (scaled) {
+      // Key j is scaled to the largest exponent among the state and keys c0..j (a prefix maximum,
+      // so only keys a query can see set its scale); the chunk joins the state at the last one.
+      int run = *s.exponent == kNoExponent ? w.e[0] : *s.exponent;
+      if (*s.exponent == kNoExponent) *s.exponent = run;
+      for (Index r = 0; r < nk; ++r) {
+        run = std::max(run, w.e[r]);
+        if (w.e[r] != run) scale(w.phi_k + r * s.ld, std::ldexp(T(1), w.e[r] - run), s.ld);
+        w.key_exp[r] = static_cast<T>(run);
+      }
+    } else {
+      align_rows(s, w.phi_k, static_cast<const int*>(nullptr), nk);
+    }
     const T* vc = v.row(c0);
     Index vs = v.row_stride;
     if (c1 > valid) {  // performer-pytorch's padding: zero value rows
@@ -425,17 +447,22 @@ void causal_sequence(const LinearCall<T, Map>& c, Index b, Index kvh, const Stat
     for (Index g = 0; g < group; ++g) {
       for (Index i0 = qa; i0 < qb; i0 += rows) {
         const Index n = std::min(rows, qb - i0);
-        const T* qlog = nullptr;
-        if (gate) {
-          // Each query reads the state after its last visible key J(i) = min(i + shift, c1 - 1).
-          for (Index r = 0; r < (n + TQ - 1) / TQ * TQ; ++r) {
-            const Index i = i0 + std::min(r, n - 1);
-            w.query_log[r] = w.key_log[std::min(i + shift, c1 - 1) - c0];
-          }
-          qlog = w.query_log;
+        // Each query reads the state after its last visible key J(i) = min(i + shift, c1 - 1).
+        for (Index r = 0; r < (n + TQ - 1) / TQ * TQ; ++r) {
+          const Index last = std::min(i0 + std::min(r, n - 1) + shift, c1 - 1) - c0;
+          if (gate) w.query_log[r] = w.key_log[last];
+          if (scaled) w.query_exp[r] = w.key_exp[last];
         }
-        attend_linear(c, b, kvh * group + g, i0, n, T(0), shift, s, c0, c1, vc, vs, qlog, ts, w);
+        attend_linear(c, b, kvh * group + g, i0, n, T(0), shift, s, c0, c1, vc, vs, gate ? w.query_log : nullptr,
+                      scaled ? w.query_exp : nullptr, ts, w);
       }
+    }
+    if (scaled) {
+      const int last = static_cast<int>(w.key_exp[nk - 1]);
+      s.align(last);
+      for (Index r = 0; r < nk; ++r)
+        if (static_cast<int>(w.key_exp[r]) != last)
+          scale(w.phi_k + r * s.ld, std::ldexp(T(1), static_cast<int>(w.key_exp[r]) - last), s.ld);
     }
     if (gate) {
       // The state after the chunk: prod(g) S + sum_j (1 - g_j) prod_{t > j} g_t phi_j v_j^T.
@@ -490,11 +517,9 @@ void extend_rows(const LinearCall<T, Map>& c, Index b, Index kvh, const StateRef
     }
     axpy(T(1), w.phi_k, s.z, F);
     *s.length += 1;
-    for (Index g = 0; g < group; ++g) {
-      const T inv = norm.inverse(dot(s.z, phi_q + g * s.ld, F));
-      T* o = head_rows(c.out, c.layout, b, kvh * group + g).row(t);
-      for (Index d = 0; d < p.dim_v; ++d) o[d] = num[g * p.dim_v + d] * inv;
-    }
+    for (Index g = 0; g < group; ++g)
+      norm.finish_row(num + g * p.dim_v, 1, dot(s.z, phi_q + g * s.ld, F), head_rows(c.out, c.layout, b, kvh * group + g).row(t),
+                      p.dim_v);
   }
 }
 
@@ -561,7 +586,8 @@ void run_linear(const LinearCall<T, Map>& c, const Executor& exec, std::span<std
     const Index b = bh / p.heads, h = bh % p.heads;
     const StateRef<T> s = state(b * p.kv_heads + h / (p.heads / p.kv_heads));
     attend_linear(c, b, h, i0, std::min(rows, p.len_q - i0), c.fixed_queries ? q_shift[bh] : T(0), 0, s, 0, 0,
-                  static_cast<const T*>(nullptr), 0, static_cast<const T*>(nullptr), ts, ls);
+                  static_cast<const T*>(nullptr), 0, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), ts,
+                  ls);
   });
 }
 

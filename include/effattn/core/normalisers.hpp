@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "effattn/simd/packet.hpp"
 #include "effattn/simd/tile_kernels.hpp"
@@ -70,16 +71,27 @@ struct OnlineSoftmax {
     }
   }
 
-  // 1 / (sum of weights); a query that saw no key has sum 0 and gives 0.
-  [[nodiscard]] T inverse(T l) const noexcept { return l > 0 ? T(1) / l : T(0); }
+  // o[c] = acc[c * stride] / l; a query that saw no key has l = 0 and gives 0.
+  void finish_row(const T* acc, Index stride, T l, T* o, Index dim_v) const noexcept {
+    const T inv = l > 0 ? T(1) / l : T(0);
+    for (Index c = 0; c < dim_v; ++c) o[c] = acc[c * stride] * inv;
+  }
 };
 
 // LinearScore over query-lane tiles. begin() seeds the tile with the carried state: ot = S^T qt and
 // l = z . qt (st: S^T as [Dv, ld], z: [ld]), so the tile's keys then add the intra-chunk terms.
-// An optional recency gate (RFA-Gate) weighs key j for query i by (1 - g_j) prod_{j < t <= J(i)} g_t
-// (J(i) the query's last visible key) and the carried state by prod_{t <= J(i)} g_t: with cumulative
-// log-gates A (relative to the chunk start), key_w[j] = 1 - g_j, key_log[j] = A_j and query_log[i] =
-// A_J(i), the factors are key_w[j] exp(query_log[i] - key_log[j]) and exp(query_log[i]), all <= 1.
+//
+// Two optional per-pair factors, both <= 1 for every visible pair:
+//  * power-of-two scales (exponential maps): key row j holds its features times 2^-key_exp[j], the
+//    carried state times 2^-state_exp, and query i takes everything to its own scale 2^query_exp[i]
+//    (the largest of the scales it can see): factors 2^(key_exp[j] - query_exp[i]) and
+//    2^(state_exp - query_exp[i]), exact. A query's result then depends on no key it cannot see,
+//    bit for bit, and a key far below a later (invisible) one is not flushed to 0.
+//  * RFA's recency gate: key j counts (1 - g_j) prod_{j < t <= J(i)} g_t for query i (J(i) its last
+//    visible key) and the carried state prod_{t <= J(i)} g_t; with cumulative log-gates A relative to
+//    the chunk start, key_w[j] = 1 - g_j, key_log[j] = A_j, query_log[i] = A_J(i), the factors are
+//    key_w[j] exp(query_log[i] - key_log[j]) and exp(query_log[i]).
+// query_* arrays are indexed by the tile's query row and readable for whole tiles; key_* by the key.
 template <class T>
 struct LinearScore {
   using S = Packet<T>;
@@ -89,10 +101,13 @@ struct LinearScore {
   const T* st = nullptr;  // [Dv, ld]; null: nothing carried
   const T* z = nullptr;   // [ld]
   Index ld = 0;
-  T clamp = 0;                   // out = num / max(den, clamp) when > 0
-  const T* key_log = nullptr;    // gate, indexed by the tile's key position; null: no gate
+  T clamp = 0;  // out = num / max(den, clamp) when > 0
+  const T* key_exp = nullptr;  // power-of-two scales; null: none
+  const T* query_exp = nullptr;
+  T state_exp = 0;
+  const T* key_log = nullptr;  // gate; null: none
   const T* key_w = nullptr;
-  const T* query_log = nullptr;  // indexed by query row, readable for whole tiles
+  const T* query_log = nullptr;
 
   void begin(const T* qt, Index dim_qk, Index i0, T* /*m*/, T* l, T* ot, Index dim_v) const noexcept {
     if (st == nullptr) {
@@ -102,29 +117,33 @@ struct LinearScore {
     }
     lane_tile<T, false>(st, ld, 1, dim_v, dim_qk, qt, ot);
     lane_block<T, 1, false>(z, 0, 1, dim_qk, qt, TQ, l, TQ);
-    if (query_log == nullptr) return;
+    if (query_log == nullptr && !scaled_lanes(i0)) return;
     for (Index c = 0; c < TQ; c += W) {
-      const auto decay = S::exp(S::loadu(query_log + i0 + c));
-      S::store(l + c, S::mul(S::load(l + c), decay));
-      for (Index r = 0; r < dim_v; ++r) S::store(ot + r * TQ + c, S::mul(S::load(ot + r * TQ + c), decay));
+      auto f = query_log ? S::exp(S::loadu(query_log + i0 + c)) : S::set1(T(1));
+      if (query_exp) f = S::ldexp(f, S::sub(S::set1(state_exp), S::loadu(query_exp + i0 + c)));
+      S::store(l + c, S::mul(S::load(l + c), f));
+      for (Index r = 0; r < dim_v; ++r) S::store(ot + r * TQ + c, S::mul(S::load(ot + r * TQ + c), f));
     }
   }
 
   void absorb(T* s, Index i0, Index j0, Index keys, T* /*m*/, T* l, T* /*ot*/, Index /*dim_v*/,
               bool may_have_inf) const noexcept {
     const auto ninf = S::set1(S::neg_inf());
+    // Scales differ inside the tile only where a key raised the running scale: rare after the first keys.
+    const bool scaled = query_exp != nullptr && !(key_exp[j0] == query_exp[i0] && key_exp[j0 + keys - 1] == query_exp[i0] &&
+                                                  query_exp[i0 + TQ - 1] == query_exp[i0]);
+    const bool weighted = query_log != nullptr || scaled;
     for (Index c = 0; c < TQ; c += W) {
       auto lsum = S::load(l + c);
       const auto qlog = query_log ? S::loadu(query_log + i0 + c) : S::zero();
+      const auto qexp = scaled ? S::loadu(query_exp + i0 + c) : S::zero();
       for (Index j = 0; j < keys; ++j) {
         auto x = S::load(s + j * TQ + c);
         const auto masked = S::eq(x, ninf);
-        if (query_log != nullptr) {
-          // Masked pairs (j after J(i)) may have a positive exponent: select them away after.
-          const auto decay = S::exp(S::sub(qlog, S::set1(key_log[j0 + j])));
-          x = S::mul(x, S::mul(S::set1(key_w[j0 + j]), decay));
-        }
-        if (may_have_inf || query_log != nullptr) x = S::select(masked, S::zero(), x);
+        if (query_log != nullptr)  // masked pairs (j after J(i)) may get factors > 1: selected away below
+          x = S::mul(x, S::mul(S::set1(key_w[j0 + j]), S::exp(S::sub(qlog, S::set1(key_log[j0 + j])))));
+        if (scaled) x = S::ldexp(x, S::sub(S::set1(key_exp[j0 + j]), qexp));
+        if (may_have_inf || weighted) x = S::select(masked, S::zero(), x);
         S::store(s + j * TQ + c, x);
         lsum = S::add(lsum, x);
       }
@@ -132,11 +151,24 @@ struct LinearScore {
     }
   }
 
-  // Positive features give den > 0 unless no key is visible (then num = 0 too, and the output 0);
-  // trigonometric ones can give any sign, which the clamp (when set) bounds away from 0.
-  [[nodiscard]] T inverse(T l) const noexcept {
-    if (clamp > 0) return T(1) / std::max(l, clamp);
-    return l != 0 ? T(1) / l : T(0);
+  // o[c] = acc[c * stride] / den, den = l (or max(l, clamp)); 0 when den is 0 (no key visible, or
+  // features that all vanished). A denominator below the normal range is divided by directly: its
+  // reciprocal would overflow.
+  void finish_row(const T* acc, Index stride, T l, T* o, Index dim_v) const noexcept {
+    const T den = clamp > 0 ? std::max(l, clamp) : l;
+    if (den == 0) {
+      std::fill(o, o + dim_v, T(0));
+    } else if (std::abs(den) >= std::numeric_limits<T>::min()) {
+      const T inv = T(1) / den;
+      for (Index c = 0; c < dim_v; ++c) o[c] = acc[c * stride] * inv;
+    } else {
+      for (Index c = 0; c < dim_v; ++c) o[c] = acc[c * stride] / den;
+    }
+  }
+
+ private:
+  [[nodiscard]] bool scaled_lanes(Index i0) const noexcept {
+    return query_exp != nullptr && !(query_exp[i0] == state_exp && query_exp[i0 + TQ - 1] == state_exp);
   }
 };
 

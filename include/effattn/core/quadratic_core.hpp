@@ -253,10 +253,7 @@ void attend_query_tiles(const HeadCtx<T>& x, Index i0, Index n, Index dim_qk, In
   for (Index r = 0; r < n; ++r) {
     const Index t = r / TQ, lane = r % TQ;
     const T l = w.l[r];
-    const T inv = norm.inverse(l);
-    const T* ot = w.ot + t * dim_v * TQ + lane;
-    T* o = x.out.row(i0 + r);
-    for (Index c = 0; c < dim_v; ++c) o[c] = ot[c * TQ] * inv;
+    norm.finish_row(w.ot + t * dim_v * TQ + lane, TQ, l, x.out.row(i0 + r), dim_v);
     if (x.lse) x.lse[i0 + r] = l > 0 ? w.m[r] + std::log(l) : Packet<T>::neg_inf();
   }
 }

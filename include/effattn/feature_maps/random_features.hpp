@@ -49,9 +49,12 @@ class RandomFeatureMap {
     features_ = doubled ? 2 * m_ : m_;
     ld_ = detail::feature_ld<T>(features_);
     half_scale_ = static_cast<T>(scale / 2);
+    // m^-1/2 for the sin/cos maps (as RFA and HKUNLP write them), F^-1/2 otherwise: it cancels in the
+    // ratio, but not against a clamp.
+    const bool trig = feature == Feature::trigonometric || feature == Feature::hkunlp_fourier;
     ratio_ = feature == Feature::relu || feature == Feature::elu_plus_one
                  ? T(1)
-                 : static_cast<T>(1.0 / std::sqrt(static_cast<double>(features_)));
+                 : static_cast<T>(1.0 / std::sqrt(static_cast<double>(trig ? m_ : features_)));
     if (compat == Compat::lucidrains) eps_in_ = T(1e-4);
     if (compat == Compat::hkunlp && feature == Feature::positive) eps_out_ = T(1e-4);
     if (!identity) {
@@ -194,10 +197,12 @@ class RandomFeatureMap {
       case Feature::hyperbolic: {
         // Offset o inside exp(±u - o): row divides by the largest term (h cancels with it), the
         // compat presets keep their exp(u - h - max u), pow2 leaves the largest term in [1, 2).
+        // The offset is formed in double: h and e ln2 can both be large and nearly cancel.
         const T g = peak(u);
         T o = 0;
         if (mode == Stabiliser::fixed) o = h + shift;
-        else if (mode == Stabiliser::pow2) e = exponent_of(g - h), o = h + static_cast<T>(e) * std::numbers::ln2_v<T>;
+        else if (mode == Stabiliser::pow2)
+          e = exponent_of(g - h), o = static_cast<T>(double(h) + e * std::numbers::ln2);
         else o = compat_ == Compat::none ? g : h + g;
         exp_block(u, T(1), o, out);
         if (feature_ == Feature::hyperbolic) exp_block(u, T(-1), o, out + m_);
@@ -206,7 +211,8 @@ class RandomFeatureMap {
       case Feature::hkunlp_fourier: {
         T c = 1;  // exp(h - o): the whole row's magnitude
         if (mode == Stabiliser::fixed) c = std::exp(h - shift);
-        else if (mode == Stabiliser::pow2) e = exponent_of(h), c = std::exp(h - static_cast<T>(e) * std::numbers::ln2_v<T>);
+        else if (mode == Stabiliser::pow2)
+          e = exponent_of(h), c = static_cast<T>(std::exp(double(h) - e * std::numbers::ln2));
         trig_blocks(u, ratio_ * c, out);
         break;
       }
