@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include <effattn/kinds/rfa.hpp>
 #include <effattn/kinds/softmax.hpp>
 
 #include "support/softmax_case.hpp"
@@ -168,6 +169,45 @@ TYPED_TEST(SteadyState, AlignedWorkspace) { expect_no_steady_state_allocation<Ty
 // so an ordinary byte buffer (std::vector<std::byte> is only 16-byte aligned) must do as well.
 TYPED_TEST(SteadyState, WorkspaceOfAnyAlignment) {
   for (std::size_t misalign : {8, 16, 40}) expect_no_steady_state_allocation<TypeParam>(misalign);
+}
+
+// Random-feature attention: forward in both modes and the decode step, with a workspace sized for
+// two threads and run on two, allocate nothing either.
+TYPED_TEST(SteadyState, RandomFeatureAttention) {
+  using T = TypeParam;
+  const Index B = 2, H = 4, Hkv = 2, L = 150, D = 32, Dv = 16;
+  CaseSpec s{.B = B, .H = H, .Hkv = Hkv, .Lq = L, .Lk = L, .Dqk = D, .Dv = Dv};
+  s.seed = 11100;
+  const Inputs<T> in = make_inputs<T>(s);
+  const effattn::ConstTensor4<T> one_q(in.q.data(), B, H, 1, D), one_k(in.k.data(), B, Hkv, 1, D),
+      one_v(in.v.data(), B, Hkv, 1, Dv);
+  for (const effattn::Compat compat : {effattn::Compat::none, effattn::Compat::lucidrains}) {
+    effattn::RfaConfig config;
+    config.num_features = 40;
+    config.compat = compat;
+    const effattn::RfaAttention<T> attn(config, Hkv, D);
+    effattn::Options<T> options;
+    options.executor = effattn::Executor::openmp(2);
+    std::vector<std::byte> workspace(attn.workspace_bytes(effattn::Problem::of<T>(in.qv(), in.kv(), in.vv()), 2));
+    options.workspace = workspace;
+    Buffer<T> out(in.out_size());
+    const effattn::Tensor4<T> out_view(out.data(), in.out_dims());
+    std::vector<Index> lengths{L, 70};
+    for (const Causal causal : {Causal::none, Causal::bottom_right}) {
+      effattn::Mask mask;
+      mask.causal = causal;
+      mask.key_lengths = lengths;
+      const auto call = [&] { attn.forward(in.qv(), in.kv(), in.vv(), out_view, mask, options); };
+      call();
+      EXPECT_EQ(count_allocations(call), 0) << "compat " << effattn::to_string(compat) << ", causal " << static_cast<int>(causal);
+    }
+    if (compat != effattn::Compat::none) continue;
+    auto state = attn.make_state(B, Hkv, Dv);
+    const effattn::Tensor4<T> one_out(out.data(), B, H, 1, Dv);
+    const auto step = [&] { attn.extend(state, one_q, one_k, one_v, one_out, options); };
+    step();
+    EXPECT_EQ(count_allocations(step), 0) << "decode step";
+  }
 }
 
 }  // namespace
