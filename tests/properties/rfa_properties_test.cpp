@@ -281,6 +281,19 @@ TYPED_TEST(RfaProperties, OneAndTwoThreadsAreBitIdentical) {
         // And the result is right (bit equality of two wrong answers would prove nothing).
         EXPECT_TRUE(compare_rfa(in, one, rfa_reference(in, attn), rfa_tolerance<T>(f)));
       }
+  // One (sequence, KV head) with many keys: the global key pass splits them into parts whose states
+  // are merged (so both threads work); the split depends on the shape only.
+  {
+    RfaSpec s{.B = 1, .H = 2, .Hkv = 1, .Lq = 40, .Lk = 9000, .Dqk = 8, .Dv = 8};
+    s.key_lengths = std::vector<Index>{8500};
+    s.config.num_features = 16;
+    s.seed = seed++;
+    const RfaAttention<T> attn = make_attention<T>(s);
+    const RfaInputs<T> in = make_rfa_inputs<T>(s);
+    const Buffer<T> one = run_rfa(in, attn, Executor::openmp(1));
+    EXPECT_TRUE(same_bytes(one, run_rfa(in, attn, Executor::openmp(2)))) << "split keys: " << s.describe();
+    EXPECT_TRUE(compare_rfa(in, one, rfa_reference(in, attn), rfa_tolerance<T>(Feature::positive)));
+  }
   // Decode: the outputs and the final states.
   for (Index group : {1, 4}) {
     RfaSpec s{.B = 2, .H = 2 * group, .Hkv = 2, .Lq = 90, .Lk = 90, .Dqk = 16, .Dv = 8, .causal = Causal::top_left};

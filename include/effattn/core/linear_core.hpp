@@ -57,6 +57,17 @@ struct StateRef {
     *exponent = kNoExponent;
     *length = 0;
   }
+  // Adds the state (o_st, o_z, o_exponent, o_length) of a disjoint key range, of the same shape:
+  // exponents aligned exactly, then summed.
+  void merge_from(const T* o_st, const T* o_z, int o_exponent, Index o_length) const noexcept {
+    *length += o_length;
+    if (o_exponent == kNoExponent) return;
+    align(o_exponent);
+    const T f = std::ldexp(T(1), o_exponent - *exponent);
+    axpy(f, o_st, st, dim_v * ld);
+    axpy(f, o_z, z, ld);
+  }
+  void merge_from(const StateRef& o) const noexcept { merge_from(o.st, o.z, *o.exponent, *o.length); }
   // Raises the exponent to e (exact: a multiplication by a power of two).
   void align(int e) const noexcept {
     if (*exponent == kNoExponent) {
@@ -114,14 +125,9 @@ class LinearState {
                                     ", features ", features_, " vs ", other.features_, ", dim_v ", dim_v_, " vs ",
                                     other.dim_v_, ")"));
     for (Index i = 0; i < slices_; ++i) {
-      const int eo = other.exponent_[static_cast<std::size_t>(i)];
-      length_[static_cast<std::size_t>(i)] += other.length_[static_cast<std::size_t>(i)];
-      if (eo == detail::kNoExponent) continue;
-      const auto r = ref(i);
-      r.align(eo);
-      const T f = std::ldexp(T(1), eo - *r.exponent);
-      const T* src = other.data_.data() + i * stride();
-      detail::axpy(f, src, r.st, stride());
+      const T* o = other.data_.data() + i * stride();
+      const auto u = static_cast<std::size_t>(i);
+      ref(i).merge_from(o, o + dim_v_ * ld_, other.exponent_[u], other.length_[u]);
     }
   }
 
@@ -228,12 +234,26 @@ struct LinearPlan {
   Problem tile_problem;  // the quadratic core's view: Dqk = F
   LinearShape shape;
   std::size_t per_thread = 0;
-  Index states = 0;   // global mode: B * Hkv states in the workspace
+  Index states = 0;   // global mode: B * Hkv * key_parts states in the workspace
+  Index key_parts = 1;
   Index q_shifts = 0; // global mode with fixed queries: one shift per (batch, head)
 };
 
+// Parts the global key pass splits each (sequence, KV head) into, so that few such slices (MQA, one
+// sequence) still occupy several threads; the parts' states are merged in a fixed order. A function
+// of the shape only, never of the thread count, so results do not depend on it. Each part keeps at
+// least kMinPartKeys keys: merging a state costs about as much as absorbing a hundred keys. The
+// compat presets' key maximum spans the whole sequence, so they keep one part.
+inline constexpr Index kSplitSlices = 8;
+inline constexpr Index kMinPartKeys = 2048;
+inline Index key_parts(const Problem& p, bool fixed_keys) noexcept {
+  const Index slices = p.batch * p.kv_heads;
+  if (fixed_keys || slices >= kSplitSlices || slices == 0) return 1;
+  return std::clamp<Index>(p.len_k / kMinPartKeys, 1, (kSplitSlices + slices - 1) / slices);
+}
+
 template <class T, class Map>
-LinearPlan<T, Map> linear_plan(const Problem& p, const Map& map, bool causal, Index chunk) noexcept {
+LinearPlan<T, Map> linear_plan(const Problem& p, const Map& map, bool causal, bool fixed_keys, Index chunk) noexcept {
   LinearPlan<T, Map> lp;
   lp.tile_problem = p;
   lp.tile_problem.dim_qk = map.features();
@@ -243,7 +263,8 @@ LinearPlan<T, Map> linear_plan(const Problem& p, const Map& map, bool causal, In
   const Index keys = std::max({chunk, kKeyBlock<T>, group + 1});
   lp.shape = {rows, keys, p.dim_qk, map.ld(), p.dim_v, map.scratch_elems(std::max(rows, keys)), causal};
   lp.per_thread = plan_of<TileScratch<T>>(lp.tile_problem).bytes() + plan_of<LinearScratch<T>>(lp.shape).bytes();
-  lp.states = causal ? 0 : p.batch * p.kv_heads;
+  lp.key_parts = causal ? 1 : key_parts(p, fixed_keys);
+  lp.states = causal ? 0 : p.batch * p.kv_heads * lp.key_parts;
   lp.q_shifts = causal ? 0 : p.batch * p.heads;
   return lp;
 }
@@ -312,9 +333,10 @@ T key_shift(const LinearCall<T, Map>& c, const HeadRows<const T>& k, Index valid
   return sequence_bound(*c.map, k, c.padding == Padding::exclude ? valid : c.problem.len_k, kvh, scratch);
 }
 
-// Global mode, key pass of one (sequence, KV head).
+// Global mode, key pass of one (sequence, KV head) over part `part` of `parts` of its keys.
 template <class T, class Map>
-void global_keys(const LinearCall<T, Map>& c, Index b, Index kvh, const StateRef<T>& s, const LinearScratch<T>& w) noexcept {
+void global_keys(const LinearCall<T, Map>& c, Index b, Index kvh, Index part, Index parts, const StateRef<T>& s,
+                 const LinearScratch<T>& w) noexcept {
   const HeadRows<const T> k = head_rows(c.k, c.layout, b, kvh), v = head_rows(c.v, c.layout, b, kvh);
   const Index valid = valid_keys(c, b);
   const T shift = key_shift(c, k, valid, kvh, w.map);
@@ -322,8 +344,9 @@ void global_keys(const LinearCall<T, Map>& c, Index b, Index kvh, const StateRef
   const bool scaled = mode == Stabiliser::pow2 && c.map->exponential();
   s.clear();
   const Index n = feature_keys(c, valid);
-  for (Index j0 = 0; j0 < n; j0 += kKeyBlock<T>) {
-    const Index nb = std::min(kKeyBlock<T>, n - j0);
+  const Index per = (n + parts - 1) / parts;
+  for (Index j0 = std::min(n, part * per); j0 < std::min(n, (part + 1) * per); j0 += kKeyBlock<T>) {
+    const Index nb = std::min({kKeyBlock<T>, n - j0, (part + 1) * per - j0});
     c.map->map(k.row(j0), k.row_stride, nb, kvh, mode, shift, w.phi_k, w.e, w.map);
     align_rows(s, w.phi_k, scaled ? w.e : nullptr, nb);
     add_rows(s, w.phi_k, nb, std::clamp<Index>(valid - j0, 0, nb), v.row(j0), v.row_stride);
@@ -529,7 +552,7 @@ void run_linear(const LinearCall<T, Map>& c, const Executor& exec, std::span<std
   if (p.batch == 0 || p.heads == 0 || (p.len_q == 0 && c.state == nullptr)) return;
   const int threads = exec.num_threads();
   const Index chunk = c.chunk > 0 ? c.chunk : kLinearChunk<T>;
-  const LinearPlan<T, Map> lp = linear_plan<T>(p, *c.map, c.causal, chunk);
+  const LinearPlan<T, Map> lp = linear_plan<T>(p, *c.map, c.causal, c.fixed_keys, chunk);
   Arena arena(workspace, linear_arena(lp, threads).bytes());
   std::byte* scratch = arena.take<std::byte>(static_cast<Index>(lp.per_thread) * std::max(threads, 1));
   const auto worker = [&](int w) {
@@ -566,10 +589,17 @@ void run_linear(const LinearCall<T, Map>& c, const Executor& exec, std::span<std
   const auto state = [&](Index i) {
     return StateRef<T>{st + i * (dv + 1) * ld, st + i * (dv + 1) * ld + dv * ld, exps + i, lens + i, ld, dv, c.map->features()};
   };
-  exec.run(p.batch * p.kv_heads, threads, [&](int wi, Index item) {
+  const Index parts = lp.key_parts;
+  exec.run(p.batch * p.kv_heads * parts, threads, [&](int wi, Index item) {
     const auto [ts, ls] = worker(wi);
-    global_keys(c, item / p.kv_heads, item % p.kv_heads, state(item), ls);
+    const Index slice = item / parts;
+    global_keys(c, slice / p.kv_heads, slice % p.kv_heads, item % parts, parts, state(item), ls);
   });
+  if (parts > 1) {
+    exec.run(p.batch * p.kv_heads, threads, [&](int, Index slice) {
+      for (Index part = 1; part < parts; ++part) state(slice * parts).merge_from(state(slice * parts + part));
+    });
+  }
   if (c.fixed_queries) {
     exec.run(p.batch * p.heads, threads, [&](int wi, Index item) {
       const auto [ts, ls] = worker(wi);
@@ -584,7 +614,7 @@ void run_linear(const LinearCall<T, Map>& c, const Executor& exec, std::span<std
     const auto [ts, ls] = worker(wi);
     const Index bh = item / passes, i0 = (item % passes) * rows;
     const Index b = bh / p.heads, h = bh % p.heads;
-    const StateRef<T> s = state(b * p.kv_heads + h / (p.heads / p.kv_heads));
+    const StateRef<T> s = state((b * p.kv_heads + h / (p.heads / p.kv_heads)) * parts);
     attend_linear(c, b, h, i0, std::min(rows, p.len_q - i0), c.fixed_queries ? q_shift[bh] : T(0), 0, s, 0, 0,
                   static_cast<const T*>(nullptr), 0, static_cast<const T*>(nullptr), static_cast<const T*>(nullptr), ts,
                   ls);
@@ -592,8 +622,9 @@ void run_linear(const LinearCall<T, Map>& c, const Executor& exec, std::span<std
 }
 
 template <class T, class Map>
-std::size_t linear_workspace_bytes(const Problem& p, const Map& map, bool causal, Index chunk, int threads) noexcept {
-  const LinearPlan<T, Map> lp = linear_plan<T>(p, map, causal, chunk > 0 ? chunk : kLinearChunk<T>);
+std::size_t linear_workspace_bytes(const Problem& p, const Map& map, bool causal, bool fixed_keys, Index chunk,
+                                   int threads) noexcept {
+  const LinearPlan<T, Map> lp = linear_plan<T>(p, map, causal, fixed_keys, chunk > 0 ? chunk : kLinearChunk<T>);
   return linear_arena(lp, threads).span_bytes();
 }
 

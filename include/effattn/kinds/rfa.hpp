@@ -80,8 +80,9 @@ class RfaAttention {
 
   [[nodiscard]] std::size_t workspace_bytes(const Problem& p, int threads) const noexcept {
     // The causal plan needs per-thread states, the global one shared states: room for either.
-    return std::max(detail::linear_workspace_bytes<T>(p, map_, true, chunk(), threads),
-                    detail::linear_workspace_bytes<T>(p, map_, false, chunk(), threads));
+    const bool fixed = config_.compat != Compat::none;
+    return std::max(detail::linear_workspace_bytes<T>(p, map_, true, fixed, chunk(), threads),
+                    detail::linear_workspace_bytes<T>(p, map_, false, fixed, chunk(), threads));
   }
 
   [[nodiscard]] Status check(ConstTensor4<T> q, ConstTensor4<T> k, ConstTensor4<T> v, Tensor4<T> out, const Mask& mask = {},
