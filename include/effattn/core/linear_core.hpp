@@ -549,7 +549,7 @@ void extend_rows(const LinearCall<T, Map>& c, Index b, Index kvh, const StateRef
 template <class T, class Map>
 void run_linear(const LinearCall<T, Map>& c, const Executor& exec, std::span<std::byte> workspace) {
   const Problem& p = c.problem;
-  if (p.batch == 0 || p.heads == 0 || (p.len_q == 0 && c.state == nullptr)) return;
+  if (p.batch == 0 || p.heads == 0 || p.len_q == 0) return;  // extend has Lk = Lq: nothing to add either
   const int threads = exec.num_threads();
   const Index chunk = c.chunk > 0 ? c.chunk : kLinearChunk<T>;
   const LinearPlan<T, Map> lp = linear_plan<T>(p, *c.map, c.causal, c.fixed_keys, chunk);

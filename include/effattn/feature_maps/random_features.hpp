@@ -235,4 +235,6 @@ class RandomFeatureMap {
   AlignedVector<T> wt_;
 };
 
+static_assert(FeatureMap<RandomFeatureMap<float>> && FeatureMap<RandomFeatureMap<double>>);
+
 EFFATTN_END_NAMESPACE
