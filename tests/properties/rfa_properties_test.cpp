@@ -281,10 +281,11 @@ TYPED_TEST(RfaProperties, OneAndTwoThreadsAreBitIdentical) {
         // And the result is right (bit equality of two wrong answers would prove nothing).
         EXPECT_TRUE(compare_rfa(in, one, rfa_reference(in, attn), rfa_tolerance<T>(f)));
       }
-  // One (sequence, KV head) with many keys: the global key pass splits them into parts whose states
-  // are merged (so both threads work); the split depends on the shape only.
-  {
-    RfaSpec s{.B = 1, .H = 2, .Hkv = 1, .Lq = 40, .Lk = 9000, .Dqk = 8, .Dv = 8};
+  // One (sequence, KV head) with many keys: they are split into parts (merged states in the global
+  // mode, prefix states in the causal one) so both threads work; the split depends on the shape only.
+  for (Causal causal : {Causal::none, Causal::top_left, Causal::bottom_right}) {
+    RfaSpec s{.B = 1, .H = 2, .Hkv = 1, .Lq = causal == Causal::none ? 40 : 7000, .Lk = 9000, .Dqk = 8, .Dv = 8,
+              .causal = causal};
     s.key_lengths = std::vector<Index>{8500};
     s.config.num_features = 16;
     s.seed = seed++;

@@ -26,6 +26,7 @@
 #include <optional>
 #include <span>
 #include <type_traits>
+#include <utility>
 
 #include "effattn/attention.hpp"
 #include "effattn/core/normalisers.hpp"
@@ -234,26 +235,35 @@ struct LinearPlan {
   Problem tile_problem;  // the quadratic core's view: Dqk = F
   LinearShape shape;
   std::size_t per_thread = 0;
-  Index states = 0;   // global mode: B * Hkv * key_parts states in the workspace
+  Index states = 0;   // B * Hkv * key_parts shared states (global mode, or causal split into parts)
   Index key_parts = 1;
   Index q_shifts = 0; // global mode with fixed queries: one shift per (batch, head)
 };
 
-// Parts the global key pass splits each (sequence, KV head) into, so that few such slices (MQA, one
-// sequence) still occupy several threads; the parts' states are merged in a fixed order. A function
-// of the shape only, never of the thread count, so results do not depend on it. Each part keeps at
-// least kMinPartKeys keys: merging a state costs about as much as absorbing a hundred keys. The
-// compat presets' key maximum spans the whole sequence, so they keep one part.
+// Parts the keys of each (sequence, KV head) are split into, so that few such slices (MQA, one
+// sequence) still occupy several threads: the global mode merges the parts' states in a fixed order;
+// the causal mode sums them into prefix states and runs its recurrence from each part's prefix at once
+// (mapping keys twice, a quarter more work, for a second thread). A function of the shape only, never
+// of the thread count, so results do not depend on it. Each part keeps at least kMinPartKeys keys:
+// merging a state costs about as much as absorbing a hundred keys. Not splittable: the compat presets
+// (their key maximum spans the whole sequence), the recency gate (a gated prefix is not a plain sum)
+// and extend (one step at a time).
 inline constexpr Index kSplitSlices = 8;
 inline constexpr Index kMinPartKeys = 2048;
-inline Index key_parts(const Problem& p, bool fixed_keys) noexcept {
+inline Index key_parts(const Problem& p, bool splittable) noexcept {
   const Index slices = p.batch * p.kv_heads;
-  if (fixed_keys || slices >= kSplitSlices || slices == 0) return 1;
+  if (!splittable || slices >= kSplitSlices || slices == 0) return 1;
   return std::clamp<Index>(p.len_k / kMinPartKeys, 1, (kSplitSlices + slices - 1) / slices);
 }
 
+// Keys [first, second) of part `part` out of `parts` of n.
+inline std::pair<Index, Index> part_range(Index n, Index part, Index parts) noexcept {
+  const Index per = (n + parts - 1) / parts;
+  return {std::min(n, part * per), std::min(n, (part + 1) * per)};
+}
+
 template <class T, class Map>
-LinearPlan<T, Map> linear_plan(const Problem& p, const Map& map, bool causal, bool fixed_keys, Index chunk) noexcept {
+LinearPlan<T, Map> linear_plan(const Problem& p, const Map& map, bool causal, bool splittable, Index chunk) noexcept {
   LinearPlan<T, Map> lp;
   lp.tile_problem = p;
   lp.tile_problem.dim_qk = map.features();
@@ -263,8 +273,8 @@ LinearPlan<T, Map> linear_plan(const Problem& p, const Map& map, bool causal, bo
   const Index keys = std::max({chunk, kKeyBlock<T>, group + 1});
   lp.shape = {rows, keys, p.dim_qk, map.ld(), p.dim_v, map.scratch_elems(std::max(rows, keys)), causal};
   lp.per_thread = plan_of<TileScratch<T>>(lp.tile_problem).bytes() + plan_of<LinearScratch<T>>(lp.shape).bytes();
-  lp.key_parts = causal ? 1 : key_parts(p, fixed_keys);
-  lp.states = causal ? 0 : p.batch * p.kv_heads * lp.key_parts;
+  lp.key_parts = key_parts(p, splittable);
+  lp.states = causal && lp.key_parts == 1 ? 0 : p.batch * p.kv_heads * lp.key_parts;
   lp.q_shifts = causal ? 0 : p.batch * p.heads;
   return lp;
 }
@@ -343,10 +353,9 @@ void global_keys(const LinearCall<T, Map>& c, Index b, Index kvh, Index part, In
   const Stabiliser mode = c.fixed_keys ? Stabiliser::fixed : Stabiliser::pow2;
   const bool scaled = mode == Stabiliser::pow2 && c.map->exponential();
   s.clear();
-  const Index n = feature_keys(c, valid);
-  const Index per = (n + parts - 1) / parts;
-  for (Index j0 = std::min(n, part * per); j0 < std::min(n, (part + 1) * per); j0 += kKeyBlock<T>) {
-    const Index nb = std::min({kKeyBlock<T>, n - j0, (part + 1) * per - j0});
+  const auto [kb, ke] = part_range(feature_keys(c, valid), part, parts);
+  for (Index j0 = kb; j0 < ke; j0 += kKeyBlock<T>) {
+    const Index nb = std::min(kKeyBlock<T>, ke - j0);
     c.map->map(k.row(j0), k.row_stride, nb, kvh, mode, shift, w.phi_k, w.e, w.map);
     align_rows(s, w.phi_k, scaled ? w.e : nullptr, nb);
     add_rows(s, w.phi_k, nb, std::clamp<Index>(valid - j0, 0, nb), v.row(j0), v.row_stride);
@@ -412,11 +421,12 @@ void zero_rows(const HeadRows<T>& out, Index i0, Index i1) noexcept {
 template <class T>
 inline constexpr T kMinLogGate = std::is_same_v<T, float> ? T(-25) : T(-60);
 
-// Chunked causal recurrence of one (sequence, KV head) from state s (cleared by the caller for a
-// forward, the caller's for extend): every query head of the group reads it chunk by chunk.
+// Chunked causal recurrence of one (sequence, KV head) over part `part` of its keys, from state s
+// (the prefix of the earlier parts; the caller's for extend): every query head of the group reads it
+// chunk by chunk.
 template <class T, class Map>
-void causal_sequence(const LinearCall<T, Map>& c, Index b, Index kvh, const StateRef<T>& s, Index chunk,
-                     const TileScratch<T>& ts, const LinearScratch<T>& w) noexcept {
+void causal_sequence(const LinearCall<T, Map>& c, Index b, Index kvh, Index part, Index parts, const StateRef<T>& s,
+                     Index chunk, const TileScratch<T>& ts, const LinearScratch<T>& w) noexcept {
   const Problem& p = c.problem;
   const Index group = p.heads / p.kv_heads;
   const HeadRows<const T> k = head_rows(c.k, c.layout, b, kvh), v = head_rows(c.v, c.layout, b, kvh);
@@ -431,9 +441,11 @@ void causal_sequence(const LinearCall<T, Map>& c, Index b, Index kvh, const Stat
   const Index rows = TileScratch<T>::G * TQ;
   // Queries i < -shift see no key.
   const Index first_q = len_k == 0 ? p.len_q : std::clamp<Index>(-shift, 0, p.len_q);
-  for (Index g = 0; g < group; ++g) zero_rows(head_rows(c.out, c.layout, b, kvh * group + g), 0, first_q);
-  for (Index c0 = 0; c0 < len_k; c0 += chunk) {
-    const Index c1 = std::min(c0 + chunk, len_k), nk = c1 - c0;
+  if (part == 0)
+    for (Index g = 0; g < group; ++g) zero_rows(head_rows(c.out, c.layout, b, kvh * group + g), 0, first_q);
+  const auto [kb, ke] = part_range(len_k, part, parts);
+  for (Index c0 = kb; c0 < ke; c0 += chunk) {
+    const Index c1 = std::min(c0 + chunk, ke), nk = c1 - c0;
     c.map->map(k.row(c0), k.row_stride, nk, kvh, mode, k_shift, w.phi_k, w.e, w.map);
     if (scaled) {
       // Key j is scaled to the largest exponent among the state and keys c0..j (a prefix maximum,
@@ -552,7 +564,8 @@ void run_linear(const LinearCall<T, Map>& c, const Executor& exec, std::span<std
   if (p.batch == 0 || p.heads == 0 || p.len_q == 0) return;  // extend has Lk = Lq: nothing to add either
   const int threads = exec.num_threads();
   const Index chunk = c.chunk > 0 ? c.chunk : kLinearChunk<T>;
-  const LinearPlan<T, Map> lp = linear_plan<T>(p, *c.map, c.causal, c.fixed_keys, chunk);
+  const bool splittable = !c.fixed_keys && !c.gate && c.state == nullptr;
+  const LinearPlan<T, Map> lp = linear_plan<T>(p, *c.map, c.causal, splittable, chunk);
   Arena arena(workspace, linear_arena(lp, threads).bytes());
   std::byte* scratch = arena.take<std::byte>(static_cast<Index>(lp.per_thread) * std::max(threads, 1));
   const auto worker = [&](int w) {
@@ -563,25 +576,6 @@ void run_linear(const LinearCall<T, Map>& c, const Executor& exec, std::span<std
   };
   const Index ld = lp.shape.ld, dv = p.dim_v;
 
-  if (c.causal) {
-    exec.run(p.batch * p.kv_heads, threads, [&](int wi, Index item) {
-      const auto [ts, ls] = worker(wi);
-      const Index b = item / p.kv_heads, kvh = item % p.kv_heads;
-      if (c.state != nullptr) {
-        const StateRef<T> s = c.state->ref(item);
-        if (p.len_k <= kDecodeMaxRows) extend_rows(c, b, kvh, s, ls);
-        else causal_sequence(c, b, kvh, s, chunk, ts, ls);
-        return;
-      }
-      int e = kNoExponent;
-      Index len = 0;
-      const StateRef<T> s{ls.st, ls.st + dv * ld, &e, &len, ld, dv, c.map->features()};
-      s.clear();
-      causal_sequence(c, b, kvh, s, chunk, ts, ls);
-    });
-    return;
-  }
-
   T* st = arena.take<T>(lp.states * (dv + 1) * ld);
   int* exps = arena.take<int>(lp.states);
   Index* lens = arena.take<Index>(lp.states);
@@ -590,6 +584,45 @@ void run_linear(const LinearCall<T, Map>& c, const Executor& exec, std::span<std
     return StateRef<T>{st + i * (dv + 1) * ld, st + i * (dv + 1) * ld + dv * ld, exps + i, lens + i, ld, dv, c.map->features()};
   };
   const Index parts = lp.key_parts;
+
+  if (c.causal && parts == 1) {
+    exec.run(p.batch * p.kv_heads, threads, [&](int wi, Index item) {
+      const auto [ts, ls] = worker(wi);
+      const Index b = item / p.kv_heads, kvh = item % p.kv_heads;
+      if (c.state != nullptr) {
+        const StateRef<T> s = c.state->ref(item);
+        if (p.len_k <= kDecodeMaxRows) extend_rows(c, b, kvh, s, ls);
+        else causal_sequence(c, b, kvh, 0, 1, s, chunk, ts, ls);
+        return;
+      }
+      int e = kNoExponent;
+      Index len = 0;
+      const StateRef<T> s{ls.st, ls.st + dv * ld, &e, &len, ld, dv, c.map->features()};
+      s.clear();
+      causal_sequence(c, b, kvh, 0, 1, s, chunk, ts, ls);
+    });
+    return;
+  }
+  if (c.causal) {
+    // Slot p of a slice: first the state of part p - 1's keys, then (summed in order) the prefix
+    // state of parts 0 .. p - 1, from which part p runs.
+    exec.run(p.batch * p.kv_heads * parts, threads, [&](int wi, Index item) {
+      const auto [ts, ls] = worker(wi);
+      const Index slice = item / parts, part = item % parts;
+      if (part == 0) state(item).clear();
+      else global_keys(c, slice / p.kv_heads, slice % p.kv_heads, part - 1, parts, state(item), ls);
+    });
+    exec.run(p.batch * p.kv_heads, threads, [&](int, Index slice) {
+      for (Index part = 2; part < parts; ++part) state(slice * parts + part).merge_from(state(slice * parts + part - 1));
+    });
+    exec.run(p.batch * p.kv_heads * parts, threads, [&](int wi, Index item) {
+      const auto [ts, ls] = worker(wi);
+      const Index slice = item / parts;
+      causal_sequence(c, slice / p.kv_heads, slice % p.kv_heads, item % parts, parts, state(item), chunk, ts, ls);
+    });
+    return;
+  }
+
   exec.run(p.batch * p.kv_heads * parts, threads, [&](int wi, Index item) {
     const auto [ts, ls] = worker(wi);
     const Index slice = item / parts;
@@ -622,9 +655,9 @@ void run_linear(const LinearCall<T, Map>& c, const Executor& exec, std::span<std
 }
 
 template <class T, class Map>
-std::size_t linear_workspace_bytes(const Problem& p, const Map& map, bool causal, bool fixed_keys, Index chunk,
+std::size_t linear_workspace_bytes(const Problem& p, const Map& map, bool causal, bool splittable, Index chunk,
                                    int threads) noexcept {
-  const LinearPlan<T, Map> lp = linear_plan<T>(p, map, causal, fixed_keys, chunk > 0 ? chunk : kLinearChunk<T>);
+  const LinearPlan<T, Map> lp = linear_plan<T>(p, map, causal, splittable, chunk > 0 ? chunk : kLinearChunk<T>);
   return linear_arena(lp, threads).span_bytes();
 }
 

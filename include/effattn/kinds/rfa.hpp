@@ -80,9 +80,10 @@ class RfaAttention {
 
   [[nodiscard]] std::size_t workspace_bytes(const Problem& p, int threads) const noexcept {
     // The causal plan needs per-thread states, the global one shared states: room for either.
-    const bool fixed = config_.compat != Compat::none;
-    return std::max(detail::linear_workspace_bytes<T>(p, map_, true, fixed, chunk(), threads),
-                    detail::linear_workspace_bytes<T>(p, map_, false, fixed, chunk(), threads));
+    // Room for the largest plan: causal or not, keys split into parts when the preset allows.
+    const bool splittable = config_.compat == Compat::none;
+    return std::max(detail::linear_workspace_bytes<T>(p, map_, true, splittable, chunk(), threads),
+                    detail::linear_workspace_bytes<T>(p, map_, false, splittable, chunk(), threads));
   }
 
   [[nodiscard]] Status check(ConstTensor4<T> q, ConstTensor4<T> k, ConstTensor4<T> v, Tensor4<T> out, const Mask& mask = {},
