@@ -364,6 +364,9 @@ TYPED_TEST(RfaErrors, BadConfigIsRefusedByTheConstructors) {
   // The caller's-projection constructor validates too (num_features then comes from the projection).
   RfaConfig lucid_hyp = config_with(Feature::hyperbolic, Compat::lucidrains);
   EXPECT_THROW(RfaAttention<T>(lucid_hyp, Projection(std::vector<double>(12, 0.1), 1, 2, 6)), effattn::config_error);
+  // An empty caller's projection (the identity maps take the other constructor).
+  EXPECT_THAT([] { RfaAttention<T> attn(config_with(Feature::relu), Projection()); },
+              ::testing::ThrowsMessage<effattn::config_error>(HasSubstr("the projection is empty")));
   // Extents.
   EXPECT_THROW(RfaAttention<T>(RfaConfig{}, 0, 6), effattn::config_error);
   EXPECT_THROW(RfaAttention<T>(RfaConfig{}, 2, 0), effattn::config_error);

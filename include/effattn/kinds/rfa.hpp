@@ -49,6 +49,9 @@ class RfaAttention {
   }
   // Uses the caller's projection: [1 or Hkv, m, Dqk] (the number of features follows its rows).
   RfaAttention(Config config, Projection projection) : config_(std::move(config)), projection_(std::move(projection)) {
+    if (projection_.empty())
+      throw config_error(detail::cat(name, ": the projection is empty; relu and elu_plus_one without one are built with "
+                                           "RfaAttention(config, kv_heads, dim_qk)"));
     config_.num_features = projection_.rows();
     config_.validate().raise();
     kv_heads_ = projection_.heads();
