@@ -13,6 +13,8 @@
 
 #include <effattn/kinds/rfa.hpp>
 
+#include "support/expect_error.hpp"
+
 namespace effattn_test {
 namespace {
 
@@ -70,19 +72,7 @@ class RfaErrors : public ::testing::Test {
     EXPECT_EQ(s.code(), code) << s.message();
     EXPECT_THAT(s.message(), HasSubstr("RfaAttention"));
     for (const std::string& p : parts) EXPECT_THAT(s.message(), HasSubstr(p));
-    const auto call = [&] { attn.forward(c.q(), c.k(), c.v(), c.out(), c.mask, c.options); };
-    switch (code) {
-      case ErrorCode::shape:
-        EXPECT_THAT(call, ::testing::ThrowsMessage<effattn::shape_error>(::testing::StrEq(s.message())));
-        break;
-      case ErrorCode::config:
-        EXPECT_THAT(call, ::testing::ThrowsMessage<effattn::config_error>(::testing::StrEq(s.message())));
-        break;
-      case ErrorCode::unsupported:
-        EXPECT_THAT(call, ::testing::ThrowsMessage<effattn::unsupported_error>(::testing::StrEq(s.message())));
-        break;
-      case ErrorCode::ok: break;
-    }
+    expect_throws_status(s, [&] { attn.forward(c.q(), c.k(), c.v(), c.out(), c.mask, c.options); });
   }
 };
 using Scalars = ::testing::Types<float, double>;

@@ -32,21 +32,6 @@ class RfaGolden : public ::testing::Test {};
 using Scalars = ::testing::Types<float, double>;
 TYPED_TEST_SUITE(RfaGolden, Scalars);
 
-// Re-stores a [B, H, L, D] array in the given layout as T.
-template <class T>
-std::vector<T> in_layout(const NpyArray& a, Layout layout) {
-  const Index B = a.dim(0), H = a.dim(1), L = a.dim(2), D = a.dim(3);
-  std::vector<T> r(a.data.size());
-  for (Index b = 0; b < B; ++b)
-    for (Index h = 0; h < H; ++h)
-      for (Index l = 0; l < L; ++l)
-        for (Index d = 0; d < D; ++d) {
-          const Index dst = layout == Layout::bhld ? ((b * H + h) * L + l) * D + d : ((b * L + l) * H + h) * D + d;
-          r[static_cast<std::size_t>(dst)] = static_cast<T>(a.data[static_cast<std::size_t>(((b * H + h) * L + l) * D + d)]);
-        }
-  return r;
-}
-
 TYPED_TEST(RfaGolden, MatchesPublicImplementations) {
   using T = TypeParam;
   ASSERT_EQ(rfa_golden_specs().size(), 4u);
