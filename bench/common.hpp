@@ -153,6 +153,24 @@ bool timed_forward(benchmark::State& state, const A& attn, effattn::ConstTensor4
   return true;
 }
 
+// A kernel row: attn.forward on the inputs of (L, D) = (in.len, in.dim) under the timed loop, FLOP
+// counters from the kind's cost(), and rel_err of the first `compared` output values against
+// `expected` (the double reference of the same rows).
+template <effattn::Attention A>
+void kernel_row(benchmark::State& state, AttentionInputs& in, const A& attn, bool causal, int threads,
+                const double* (*expected)(AttentionInputs&, bool), std::size_t compared) {
+  AlignedBuffer<float> out_buf(in.elements());
+  out_buf.fill_zero();
+  const effattn::ConstTensor4<float> q(in.q.data(), kBatch, kHeads, in.len, in.dim);
+  const effattn::ConstTensor4<float> k(in.k.data(), kBatch, kHeads, in.len, in.dim);
+  const effattn::ConstTensor4<float> v(in.v.data(), kBatch, kHeads, in.len, in.dim);
+  const effattn::Tensor4<float> out(out_buf.data(), kBatch, kHeads, in.len, in.dim);
+  const effattn::Mask mask = make_mask(causal);
+  if (!timed_forward(state, attn, q, k, v, out, mask, threads)) return;
+  flop_counters(state, attn.cost(effattn::Problem::of<float>(q, k, v), mask).flops, threads);
+  state.counters["rel_err"] = relative_error(out_buf.data(), expected(in, causal), compared);
+}
+
 // ---- memory rows: heap beyond inputs and outputs at L = 65536 ------------------------------------------
 
 inline constexpr Index kMemoryLen = 65536;

@@ -52,22 +52,8 @@ effattn::RfaAttention<float> make_rfa(Index kv_heads, Index dim) {
 void bm_rfa(benchmark::State& state, Index len, Index dim, bool causal, int threads) {
   try {
     AttentionInputs& in = attention_inputs(len, dim);
-    AlignedBuffer<float> out_buf(in.elements());
-    out_buf.fill_zero();
-    const effattn::ConstTensor4<float> q(in.q.data(), kBatch, kHeads, len, dim);
-    const effattn::ConstTensor4<float> k(in.k.data(), kBatch, kHeads, len, dim);
-    const effattn::ConstTensor4<float> v(in.v.data(), kBatch, kHeads, len, dim);
-    const effattn::Tensor4<float> out(out_buf.data(), kBatch, kHeads, len, dim);
-    const effattn::RfaAttention<float> attn = make_rfa(kHeads, dim);
-    const effattn::Mask mask = make_mask(causal);
-    const effattn::Problem problem = effattn::Problem::of<float>(q, k, v);
-
-    if (!timed_forward(state, attn, q, k, v, out, mask, threads)) return;
-
-    flop_counters(state, attn.cost(problem, mask).flops, threads);
     // Head 0's first rows are the first sample_elements() of the output.
-    state.counters["rel_err"] =
-        relative_error(out_buf.data(), attention_sample_reference(in, causal), in.sample_elements());
+    kernel_row(state, in, make_rfa(kHeads, dim), causal, threads, attention_sample_reference, in.sample_elements());
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
   }

@@ -28,20 +28,7 @@ constexpr Index kNaiveMaxLen = 4096;
 void bm_softmax(benchmark::State& state, Index len, Index dim, bool causal, int threads) {
   try {
     AttentionInputs& in = attention_inputs(len, dim);
-    AlignedBuffer<float> out_buf(in.elements());
-    out_buf.fill_zero();
-    const effattn::ConstTensor4<float> q(in.q.data(), kBatch, kHeads, len, dim);
-    const effattn::ConstTensor4<float> k(in.k.data(), kBatch, kHeads, len, dim);
-    const effattn::ConstTensor4<float> v(in.v.data(), kBatch, kHeads, len, dim);
-    const effattn::Tensor4<float> out(out_buf.data(), kBatch, kHeads, len, dim);
-    const effattn::SoftmaxAttention<float> attn;
-    const effattn::Mask mask = make_mask(causal);
-    const effattn::Problem problem = effattn::Problem::of<float>(q, k, v);
-
-    if (!timed_forward(state, attn, q, k, v, out, mask, threads)) return;
-
-    flop_counters(state, attn.cost(problem, mask).flops, threads);
-    state.counters["rel_err"] = relative_error(out_buf.data(), attention_reference(in, causal), in.ref_elements());
+    kernel_row(state, in, effattn::SoftmaxAttention<float>{}, causal, threads, attention_reference, in.ref_elements());
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
   }
