@@ -42,18 +42,34 @@ inline const std::vector<GoldenSpec>& golden_specs() {
   return specs;
 }
 
-struct GoldenCase {
-  GoldenSpec spec;
-  NpyArray q, k, v, out, lse;
-  std::optional<NpyArray> keep;  // [B, Nk], 1 = valid key
-  std::optional<NpyArray> bias;  // [B, H, Nq, Nk]
+// The attention tensors every golden case holds, [B, H, N, D], and their extents.
+struct GoldenTensors {
+  NpyArray q, k, v, out;
 
   [[nodiscard]] Index B() const { return q.dim(0); }
   [[nodiscard]] Index H() const { return q.dim(1); }
+  [[nodiscard]] Index Hkv() const { return k.dim(1); }
   [[nodiscard]] Index Lq() const { return q.dim(2); }
   [[nodiscard]] Index Lk() const { return k.dim(2); }
   [[nodiscard]] Index D() const { return q.dim(3); }
   [[nodiscard]] Index Dv() const { return v.dim(3); }
+
+  [[nodiscard]] static double max_abs(const NpyArray& a) {
+    double m = 0;
+    for (double x : a.data) m = std::max(m, std::abs(x));
+    return m;
+  }
+};
+
+inline GoldenTensors load_tensors(const std::filesystem::path& dir) {
+  return {read_npy(dir / "q.npy"), read_npy(dir / "k.npy"), read_npy(dir / "v.npy"), read_npy(dir / "out.npy")};
+}
+
+struct GoldenCase : GoldenTensors {
+  GoldenSpec spec;
+  NpyArray lse;
+  std::optional<NpyArray> keep;  // [B, Nk], 1 = valid key
+  std::optional<NpyArray> bias;  // [B, H, Nq, Nk]
 
   // The keep masks pad a suffix, so each row's count of ones is its key length.
   [[nodiscard]] std::vector<Index> key_lengths() const {
@@ -67,11 +83,6 @@ struct GoldenCase {
     return lens;
   }
 
-  [[nodiscard]] double max_abs(const NpyArray& a) const {
-    double m = 0;
-    for (double x : a.data) m = std::max(m, std::abs(x));
-    return m;
-  }
 };
 
 // Re-stores a [B, H, L, D] array in the given layout as T (exact: the inputs are float32 values).
@@ -93,8 +104,7 @@ inline std::filesystem::path golden_dir() { return std::filesystem::path(EFFATTN
 
 inline GoldenCase load_golden(const GoldenSpec& spec) {
   const auto dir = golden_dir() / spec.name;
-  GoldenCase c{spec, read_npy(dir / "q.npy"), read_npy(dir / "k.npy"), read_npy(dir / "v.npy"),
-               read_npy(dir / "out.npy"), read_npy(dir / "lse.npy"), std::nullopt, std::nullopt};
+  GoldenCase c{load_tensors(dir), spec, read_npy(dir / "lse.npy"), std::nullopt, std::nullopt};
   if (std::filesystem::exists(dir / "key_padding_keep.npy")) c.keep = read_npy(dir / "key_padding_keep.npy");
   if (std::filesystem::exists(dir / "bias.npy")) c.bias = read_npy(dir / "bias.npy");
   return c;

@@ -38,18 +38,10 @@ inline const std::vector<RfaGoldenSpec>& rfa_golden_specs() {
   return specs;
 }
 
-struct RfaGoldenCase {
+struct RfaGoldenCase : GoldenTensors {
   RfaGoldenSpec spec;
-  NpyArray q, k, v, out;  // [B, H, N, D]
-  NpyArray w;             // [m, D] (lucidrains, shared by every head) or [H, m, D] (HKUNLP, one per head)
+  NpyArray w;  // [m, D] (lucidrains, shared by every head) or [H, m, D] (HKUNLP, one per head)
 
-  [[nodiscard]] Index B() const { return q.dim(0); }
-  [[nodiscard]] Index H() const { return q.dim(1); }
-  [[nodiscard]] Index Lq() const { return q.dim(2); }
-  [[nodiscard]] Index Lk() const { return k.dim(2); }
-  [[nodiscard]] Index D() const { return q.dim(3); }
-  [[nodiscard]] Index Dv() const { return v.dim(3); }
-  [[nodiscard]] Index Hkv() const { return k.dim(1); }
   // m: projections per head (the map has m features, or 2m for hkunlp_fourier).
   [[nodiscard]] Index m() const { return w.dim(w.shape.size() - 2); }
 
@@ -70,11 +62,6 @@ struct RfaGoldenCase {
     return c;
   }
 
-  [[nodiscard]] static double max_abs(const NpyArray& a) {
-    double r = 0;
-    for (double x : a.data) r = std::max(r, std::abs(x));
-    return r;
-  }
   // Absolute tolerance of a double implementation.
   [[nodiscard]] double f64_tolerance() const { return 1e-10 * std::max(1.0, max_abs(out)); }
   // Absolute tolerance of a float implementation.
@@ -83,12 +70,7 @@ struct RfaGoldenCase {
 
 inline RfaGoldenCase load_rfa_golden(const RfaGoldenSpec& spec) {
   const auto dir = golden_dir() / spec.name;
-  return {spec,
-          read_npy(dir / "q.npy"),
-          read_npy(dir / "k.npy"),
-          read_npy(dir / "v.npy"),
-          read_npy(dir / "out.npy"),
-          read_npy(dir / "W.npy")};
+  return {load_tensors(dir), spec, read_npy(dir / "W.npy")};
 }
 
 }  // namespace effattn_test
