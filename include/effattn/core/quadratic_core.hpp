@@ -208,9 +208,9 @@ void transpose_rows(const HeadRows<const T>& q, Index first, Index count, Index 
 // Prefill: queries [i0, i0 + n) of one (sequence, head), n <= G * TQ, in query tiles of TQ rows.
 // Key tiles sit on a fixed grid (multiples of TK, cut to each query tile's band), so what a query
 // computes does not depend on how many query tiles share a pass: the pass is a cache blocking only.
-template <class T, class Normaliser>
+template <class T, class Normaliser, class Term = NoScoreTerm>
 void attend_query_tiles(const HeadCtx<T>& x, Index i0, Index n, Index dim_qk, Index dim_v, T scale,
-                        const TileScratch<T>& w, const Normaliser& norm) noexcept {
+                        const TileScratch<T>& w, const Normaliser& norm, const Term& term = {}) noexcept {
   constexpr Index TQ = kTileQ<T>;
   constexpr Index TK = kTileK<T>;
   const Index tiles = (n + TQ - 1) / TQ;
@@ -228,6 +228,7 @@ void attend_query_tiles(const HeadCtx<T>& x, Index i0, Index n, Index dim_qk, In
       hi[r] = x.band.hi(i);
     }
     norm.begin(qt, dim_qk, i0 + t * TQ, w.m + t * TQ, w.l + t * TQ, w.ot + t * dim_v * TQ, dim_v);
+    if constexpr (Term::active) term.begin(t, qt, i0 + t * TQ);
   }
   const bool mods = x.mods.any();
   const bool may_mask = x.mods.may_mask();
@@ -245,6 +246,7 @@ void attend_query_tiles(const HeadCtx<T>& x, Index i0, Index n, Index dim_qk, In
       T* ot = w.ot + t * dim_v * TQ;
       qk_tile(x.k.row(j0), x.k.row_stride, keys, w.qt + t * dim_qk * TQ, dim_qk, w.s);
       if (mods) x.mods.apply(w.s, i0 + t * TQ, std::min(TQ, n - t * TQ), j0, keys);
+      if constexpr (Term::active) term.add(w.s, t, i0 + t * TQ, j0, keys);
       if (!interior) mask_outside_band(w.s, j0, keys, lo, hi);
       norm.absorb(w.s, i0 + t * TQ, j0, keys, w.m + t * TQ, w.l + t * TQ, ot, dim_v, !interior || may_mask);
       pv_tile(x.v.row(j0), x.v.row_stride, keys, dim_v, w.s, ot);

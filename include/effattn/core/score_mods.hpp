@@ -77,5 +77,33 @@ struct ScoreMods {
   }
 };
 
+// Score terms: additive terms of a whole query tile, for kinds whose logits are more than q.k plus
+// ScoreMods (LARA's importance weights, RA's and LARA's key norms). attend_query_tiles calls
+// begin(t, qt, i0) once per query tile t of a pass (qt: its transposed, scaled queries, first row
+// i0) and add(s, t, i0, j0, keys) on each of its score tiles, before the mask.
+struct NoScoreTerm {
+  static constexpr bool active = false;
+  template <class T>
+  void begin(Index, const T*, Index) const noexcept {}
+  template <class T>
+  void add(T*, Index, Index, Index, Index) const noexcept {}
+};
+
+// A per-key additive term b[j] (the same for every query).
+template <class T>
+struct KeyBiasTerm {
+  static constexpr bool active = true;
+  const T* bias = nullptr;  // [keys of the sequence]
+
+  void begin(Index, const T*, Index) const noexcept {}
+  void add(T* s, Index, Index, Index j0, Index keys) const noexcept {
+    using S = Packet<T>;
+    for (Index jj = 0; jj < keys; ++jj) {
+      const auto b = S::set1(bias[j0 + jj]);
+      for (Index c = 0; c < kTileQ<T>; c += S::size) S::store(s + jj * kTileQ<T> + c, S::add(S::load(s + jj * kTileQ<T> + c), b));
+    }
+  }
+};
+
 }  // namespace detail
 EFFATTN_END_NAMESPACE

@@ -40,6 +40,7 @@ struct Packet {
   // Eigen's vectorised exp clamps its argument, so exp(-inf) is a tiny denormal, not 0: callers that
   // need exact zeros for masked entries select them after the exp.
   static EFFATTN_ALWAYS_INLINE P exp(const P& x) { return Eigen::internal::pexp(x); }
+  static EFFATTN_ALWAYS_INLINE P log(const P& x) { return Eigen::internal::plog(x); }
   // x * 2^e for integer-valued e: exact unless the result leaves the normal range.
   static EFFATTN_ALWAYS_INLINE P ldexp(const P& x, const P& e) { return Eigen::internal::pldexp(x, e); }
   // Eigen 3.4 vectorises tanh, sin and cos for float only; double goes lane by lane through libm.
