@@ -164,7 +164,7 @@ template <class T>
 inline constexpr Index kKeyBlock = 64;
 
 // How padded keys (j >= key length) are treated; the public implementations differ.
-enum class Padding {
+enum class PaddedKeys {
   exclude,      // invisible (effattn's semantics)
   zero_values,  // performer-pytorch: value rows zeroed, keys stay in the denominator and the max
   zero_features // HKUNLP: features zeroed after the key max (which includes them)
@@ -182,7 +182,7 @@ struct LinearCall {
   bool bottom_right = false;      // causal alignment: query i sees keys j <= i + Lk - Lq
   bool fixed_keys = false;        // key shift = max over the sequence (compat); else pow2
   bool fixed_queries = false;     // query shift = max over the sequence (compat, global mode); else row
-  Padding padding = Padding::exclude;
+  PaddedKeys padding = PaddedKeys::exclude;
   T z_eps = 0;                    // added to every component of z when it is read (compat)
   T clamp = 0;
   Index chunk = 0;
@@ -320,7 +320,7 @@ void add_rows(const StateRef<T>& s, const T* phi, Index n, Index nv, const T* v,
 // The key range whose features enter the state.
 template <class T, class Map>
 Index feature_keys(const LinearCall<T, Map>& c, Index len_valid) noexcept {
-  return c.padding == Padding::zero_values ? c.problem.len_k : len_valid;
+  return c.padding == PaddedKeys::zero_values ? c.problem.len_k : len_valid;
 }
 
 template <class T, class Map>
@@ -340,7 +340,7 @@ T sequence_bound(const Map& map, const HeadRows<const T>& x, Index n, Index head
 template <class T, class Map>
 T key_shift(const LinearCall<T, Map>& c, const HeadRows<const T>& k, Index valid, Index kvh, T* scratch) noexcept {
   if (!c.fixed_keys) return 0;
-  return sequence_bound(*c.map, k, c.padding == Padding::exclude ? valid : c.problem.len_k, kvh, scratch);
+  return sequence_bound(*c.map, k, c.padding == PaddedKeys::exclude ? valid : c.problem.len_k, kvh, scratch);
 }
 
 // Global mode, key pass of one (sequence, KV head) over part `part` of `parts` of its keys.

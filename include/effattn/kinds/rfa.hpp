@@ -218,9 +218,9 @@ class RfaAttention {
     c.bottom_right = mask.causal == Causal::bottom_right;
     c.fixed_keys = config_.compat != Compat::none;
     c.fixed_queries = config_.compat == Compat::hkunlp && config_.feature == Feature::hkunlp_fourier;
-    c.padding = config_.compat == Compat::lucidrains ? detail::Padding::zero_values
-                : config_.compat == Compat::hkunlp   ? detail::Padding::zero_features
-                                                     : detail::Padding::exclude;
+    c.padding = config_.compat == Compat::lucidrains ? detail::PaddedKeys::zero_values
+                : config_.compat == Compat::hkunlp   ? detail::PaddedKeys::zero_features
+                                                     : detail::PaddedKeys::exclude;
     c.z_eps = config_.compat == Compat::lucidrains && c.causal ? T(1e-6) : T(0);
     c.clamp = static_cast<T>(config_.effective_clamp());
     c.chunk = config_.chunk;
