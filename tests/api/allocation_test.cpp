@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include <effattn/kinds/lara.hpp>
 #include <effattn/kinds/rfa.hpp>
 #include <effattn/kinds/softmax.hpp>
 
@@ -207,6 +208,49 @@ TYPED_TEST(SteadyState, RandomFeatureAttention) {
     const auto step = [&] { attn.extend(state, one_q, one_k, one_v, one_out, options); };
     step();
     EXPECT_EQ(count_allocations(step), 0) << "decode step";
+  }
+}
+
+// RA and LARA: every sampling mode with a workspace of workspace_bytes(problem, 2), run on two threads.
+TYPED_TEST(SteadyState, RandomizedAttention) {
+  using T = TypeParam;
+  const Index B = 2, H = 4, Hkv = 2, L = 150, D = 32, Dv = 16;
+  CaseSpec s{.B = B, .H = H, .Hkv = Hkv, .Lq = L, .Lk = L, .Dqk = D, .Dv = Dv};
+  s.seed = 11200;
+  const Inputs<T> in = make_inputs<T>(s);
+  const effattn::Problem problem = effattn::Problem::of<T>(in.qv(), in.kv(), in.vv());
+  Buffer<T> out(in.out_size());
+  const effattn::Tensor4<T> out_view(out.data(), in.out_dims());
+  std::vector<Index> lengths{L, 70};
+  effattn::Mask mask;
+  mask.key_lengths = lengths;
+  const auto expect_none = [&](const auto& attn, const effattn::Mask& m, const char* what) {
+    effattn::Options<T> options;
+    options.executor = effattn::Executor::openmp(2);
+    std::vector<std::byte> workspace(attn.workspace_bytes(problem, 2));
+    options.workspace = workspace;
+    const auto call = [&] { attn.forward(in.qv(), in.kv(), in.vv(), out_view, m, options); };
+    call();
+    EXPECT_EQ(count_allocations(call), 0) << what;
+  };
+  for (const effattn::Weighting weighting :
+       {effattn::Weighting::mis_opt, effattn::Weighting::mis_bh, effattn::Weighting::mis_biased}) {
+    effattn::LaraConfig config;
+    config.num_landmarks = 16;
+    config.weighting = weighting;
+    expect_none(effattn::LaraAttention<T>(config), mask, "LARA deterministic");
+    config.sampling = effattn::Sampling::stochastic;
+    config.samples_per_proposal = 2;
+    config.antithetic = true;
+    expect_none(effattn::LaraAttention<T>(config), mask, "LARA stochastic, antithetic");
+  }
+  effattn::Mask causal = mask;
+  causal.causal = Causal::bottom_right;
+  for (const effattn::RaMean mean : {effattn::RaMean::sampled_key, effattn::RaMean::expected_key, effattn::RaMean::mean_key}) {
+    effattn::RaConfig config;
+    config.mean = mean;
+    config.samples = 3;
+    expect_none(effattn::RandomizedAttention<T>(config), causal, "RA");
   }
 }
 
