@@ -5,6 +5,8 @@
 //   LinearScore    the score is the weight (phi(q).phi(k) of a feature map); each query tile
 //                  starts from a carried prefix state (S, z) of earlier keys: the intra-chunk part
 //                  of the linear core's causal mode.
+//   InverseCdf     no output: draws keys from each query's softmax row (its log-partition known
+//                  from an earlier OnlineSoftmax pass) by inverse transform sampling: RA's sampler.
 // A normaliser is an object: begin() starts a query tile, absorb() turns a score tile into weights
 // (updating the running sums), inverse() gives the final 1 / sum.
 
@@ -170,6 +172,56 @@ struct LinearScore {
   [[nodiscard]] bool scaled_lanes(Index i0) const noexcept {
     return query_exp != nullptr && !(query_exp[i0] == state_exp && query_exp[i0 + TQ - 1] == state_exp);
   }
+};
+
+// InverseCdf over query-lane tiles: key j is drawn for uniform u when the running sum of
+// exp(s_j - lse) first reaches u, scanning keys in increasing order (the tile loop's order). Arrays
+// are indexed by the query row, readable for whole tiles; key positions are held as T (exact below
+// 2^24 in float). A draw the rounded sum never reaches takes the last key of nonzero probability.
+template <class T>
+struct InverseCdf {
+  using S = Packet<T>;
+  static constexpr int W = S::size;
+  static constexpr Index TQ = kTileQ<T>;
+
+  const T* lse = nullptr;  // [rows]
+  const T* u = nullptr;    // [draws, ld] uniforms in (0, 1)
+  T* key = nullptr;        // [draws, ld] drawn key positions; -1 until drawn
+  T* last = nullptr;       // [ld] last key of nonzero probability; -1 before
+  Index draws = 0, ld = 0;
+
+  void begin(const T* /*qt*/, Index /*dim_qk*/, Index i0, T* /*m*/, T* l, T* /*ot*/, Index /*dim_v*/) const noexcept {
+    std::fill(l, l + TQ, T(0));
+    std::fill(last + i0, last + i0 + TQ, T(-1));
+    for (Index d = 0; d < draws; ++d) std::fill(key + d * ld + i0, key + d * ld + i0 + TQ, T(-1));
+  }
+
+  void absorb(T* s, Index i0, Index j0, Index keys, T* /*m*/, T* l, T* /*ot*/, Index /*dim_v*/,
+              bool /*may_have_inf*/) const noexcept {
+    const auto ninf = S::set1(S::neg_inf());
+    for (Index c = 0; c < TQ; c += W) {
+      const auto ls = S::loadu(lse + i0 + c);
+      auto cum = S::load(l + c);
+      auto at = S::loadu(last + i0 + c);
+      for (Index j = 0; j < keys; ++j) {
+        const auto x = S::load(s + j * TQ + c);
+        const auto p = S::select(S::eq(x, ninf), S::zero(), S::exp(S::sub(x, ls)));
+        const auto pos = S::set1(static_cast<T>(j0 + j));
+        cum = S::add(cum, p);
+        at = S::select(S::lt(S::zero(), p), pos, at);
+        for (Index d = 0; d < draws; ++d) {
+          T* kd = key + d * ld + i0 + c;
+          const auto kv = S::loadu(kd);
+          const auto now = S::mask_and(S::le(S::loadu(u + d * ld + i0 + c), cum), S::lt(kv, S::zero()));
+          S::storeu(kd, S::select(now, pos, kv));
+        }
+      }
+      S::store(l + c, cum);
+      S::storeu(last + i0 + c, at);
+    }
+  }
+
+  void finish_row(const T* /*acc*/, Index /*stride*/, T /*l*/, T* /*o*/, Index /*dim_v*/) const noexcept {}
 };
 
 }  // namespace detail

@@ -86,11 +86,13 @@ struct RaScratch {
   T* w = nullptr;        // [S, rows, Dqk] samples (canonical units)
   T* ex = nullptr;       // [rows, Dqk] attention-weighted keys (expected_key)
   T* lse = nullptr;      // [rows] log-partition of each query's exact row (sampled_key)
+  T* u = nullptr;        // [S, rows] uniforms of the key draws
+  T* key = nullptr;      // [S, rows] drawn keys
+  T* last = nullptr;     // [rows]
   T* f = nullptr;        // [rows, Dv] f of one sample (S > 1)
   T* acc = nullptr;      // [rows, Dv] sum over samples (S > 1)
   double* eps = nullptr; // [Dqk]
   double* sum = nullptr; // [Dqk] running key sum (mean_key)
-  std::pair<double, Index>* u = nullptr;  // [S] uniforms of one query, sorted
 
   template <class Visit>
   void fields(const RaShape& s, Visit&& visit) {
@@ -99,11 +101,13 @@ struct RaScratch {
     visit(w, s.samples * s.rows * s.p.dim_qk);
     visit(ex, s.rows * s.p.dim_qk);
     visit(lse, s.rows);
+    visit(u, s.samples * s.rows);
+    visit(key, s.samples * s.rows);
+    visit(last, s.rows);
     visit(f, s.samples > 1 ? s.rows * s.p.dim_v : 0);
     visit(acc, s.samples > 1 ? s.rows * s.p.dim_v : 0);
     visit(eps, s.p.dim_qk);
     visit(sum, s.p.dim_qk);
-    visit(u, s.samples);
   }
 };
 
@@ -128,7 +132,8 @@ struct RaCall {
 
 // One RA work item: queries [i0, i0 + n) of (b, h).
 template <class T>
-void ra_item(const RaCall<T>& c, const QuadraticCall<T>& qc, Index b, Index h, Index i0, Index n, const RaScratch<T>& w) {
+void ra_item(const RaCall<T>& c, const QuadraticCall<T>& qc, Index b, Index h, Index i0, Index n, Index rows,
+             const RaScratch<T>& w) {
   const Problem& p = c.problem;
   const RaConfig& cfg = *c.config;
   const Index dq = p.dim_qk, dv = p.dim_v, S = cfg.samples;
@@ -150,11 +155,22 @@ void ra_item(const RaCall<T>& c, const QuadraticCall<T>& qc, Index b, Index h, I
     attend_all(e, n, dq, dq, static_cast<T>(scale), w.ts);
   }
   if (cfg.mean == RaMean::sampled_key && !(c.draws && c.draws->key_index)) {
+    // The row's log-partition, then one more pass over its scores draws all S keys at once.
     HeadCtx<T> e = x;
     e.v = {x.v.data, x.v.rows, 0, x.v.row_stride};
     e.out = {x.out.data, n, 0, x.out.row_stride};
     e.lse = w.lse;
     attend_all(e, n, dq, 0, static_cast<T>(scale), w.ts);
+    const Index ld = rows;
+    std::fill(w.lse + n, w.lse + ld, T(0));
+    for (Index s = 0; s < S; ++s)
+      for (Index r = 0; r < ld; ++r)
+        w.u[s * ld + r] = r < n ? static_cast<T>(rng.uniform(static_cast<std::uint64_t>(s * p.len_q + i0 + r))) : T(2);
+    e.lse = nullptr;
+    const InverseCdf<T> cdf{w.lse, w.u, w.key, w.last, S, ld};
+    constexpr Index pass = TileScratch<T>::G * kTileQ<T>;
+    for (Index r0 = 0; r0 < n; r0 += pass)
+      attend_query_tiles<T>(e, r0, std::min(pass, n - r0), dq, 0, static_cast<T>(scale), w.ts, cdf);
   }
   std::fill(w.sum, w.sum + dq, 0.0);
   Index sum_lo = 0, sum_hi = 0;  // keys in w.sum (bands only move forward with the row)
@@ -190,21 +206,11 @@ void ra_item(const RaCall<T>& c, const QuadraticCall<T>& qc, Index b, Index h, I
           }
           break;
         }
-        // Inverse CDF: one scan over the row's keys serves all S uniforms, sorted.
-        for (Index s = 0; s < S; ++s) w.u[s] = {rng.uniform(static_cast<std::uint64_t>(s * p.len_q + i)), s};
-        std::sort(w.u, w.u + S);
-        const T l = w.lse[r];
-        double cum = 0;
-        Index next = 0, last = lo;
-        for (Index m = lo; m < hi && next < S; ++m) {
-          const double pm = std::exp(static_cast<double>(static_cast<T>(scale) * dot(qr, x.k.row(m), dq) - l));
-          if (pm > 0) last = m;
-          cum += pm;
-          for (; next < S && cum >= w.u[next].first; ++next)
-            for (Index d = 0; d < dq; ++d) w.w[(w.u[next].second * n + r) * dq + d] += rs * x.k.row(m)[d];
+        for (Index s = 0; s < S; ++s) {
+          const T drawn = w.key[s * rows + r];
+          const auto m = static_cast<Index>(drawn >= 0 ? drawn : w.last[r]);
+          for (Index d = 0; d < dq; ++d) w.w[(s * n + r) * dq + d] += rs * x.k.row(m)[d];
         }
-        for (; next < S; ++next)  // rounding left the cumulative sum short of u
-          for (Index d = 0; d < dq; ++d) w.w[(w.u[next].second * n + r) * dq + d] += rs * x.k.row(last)[d];
         break;
       }
     }
@@ -264,7 +270,7 @@ void run_ra(const RaCall<T>& c, const Executor& exec, std::span<std::byte> works
     Arena a(std::span<std::byte>(scratch + per * static_cast<std::size_t>(wk), per), per);
     const auto w = take_from<RaScratch<T>>(a, shape);
     const Index b = item / (p.heads * passes), h = (item / passes) % p.heads, i0 = (item % passes) * shape.rows;
-    ra_item(c, qc, b, h, i0, std::min(shape.rows, p.len_q - i0), w);
+    ra_item(c, qc, b, h, i0, std::min(shape.rows, p.len_q - i0), shape.rows, w);
   });
 }
 
@@ -747,6 +753,9 @@ class RandomizedAttention {
                    " cannot be honoured (the sampler draws keys from causal/window/padding bands only); use SoftmaxAttention");
     const Problem p = Problem::of<T>(q, k, v, options.layout);
     const Index S = config_.samples;
+    if (config_.mean == RaMean::sampled_key && !draws.key_index && p.len_k > (Index{1} << std::numeric_limits<T>::digits))
+      return error(ErrorCode::unsupported, name, "::forward: Lk = ", p.len_k, " keys: the sampler holds key positions in T, "
+                                                 "exact up to 2^", std::numeric_limits<T>::digits, "; use double");
     if (draws.noise) {
       if (config_.noise == Noise::none)
         return error(ErrorCode::config, name, "::forward: noise was given but Config::noise is none (no noise is added)");
