@@ -8,7 +8,8 @@
 //   InverseCdf     no output: draws keys from each query's softmax row (its log-partition known
 //                  from an earlier OnlineSoftmax pass) by inverse transform sampling: RA's sampler.
 // A normaliser is an object: begin() starts a query tile, absorb() turns a score tile into weights
-// (updating the running sums), inverse() gives the final 1 / sum.
+// (updating the running sums), row_factor() gives the factor of a finished row's accumulator (or
+// says the row needs finish_row()), finish_row() writes one row.
 
 #include <algorithm>
 #include <cmath>
@@ -73,9 +74,17 @@ struct OnlineSoftmax {
     }
   }
 
-  // o[c] = acc[c * stride] / l; a query that saw no key has l = 0 and gives 0.
+  // The row's output is its accumulator times f; a query that saw no key has l = 0 and gives 0.
+  // (false: the row needs finish_row; never for a softmax.)
+  bool row_factor(T l, T& f) const noexcept {
+    f = l > 0 ? T(1) / l : T(0);
+    return true;
+  }
+
+  // o[c] = acc[c * stride] / l.
   void finish_row(const T* acc, Index stride, T l, T* o, Index dim_v) const noexcept {
-    const T inv = l > 0 ? T(1) / l : T(0);
+    T inv;
+    row_factor(l, inv);
     for (Index c = 0; c < dim_v; ++c) o[c] = acc[c * stride] * inv;
   }
 };
@@ -156,6 +165,12 @@ struct LinearScore {
   // o[c] = acc[c * stride] / den, den = l (or max(l, clamp)); 0 when den is 0 (no key visible, or
   // features that all vanished). A denominator below the normal range is divided by directly: its
   // reciprocal would overflow.
+  bool row_factor(T l, T& f) const noexcept {
+    const T den = clamp > 0 ? std::max(l, clamp) : l;
+    f = den == 0 ? T(0) : T(1) / den;
+    return den == 0 || std::abs(den) >= std::numeric_limits<T>::min();
+  }
+
   void finish_row(const T* acc, Index stride, T l, T* o, Index dim_v) const noexcept {
     const T den = clamp > 0 ? std::max(l, clamp) : l;
     if (den == 0) {
@@ -221,6 +236,10 @@ struct InverseCdf {
     }
   }
 
+  bool row_factor(T /*l*/, T& f) const noexcept {
+    f = 0;
+    return true;
+  }
   void finish_row(const T* /*acc*/, Index /*stride*/, T /*l*/, T* /*o*/, Index /*dim_v*/) const noexcept {}
 };
 

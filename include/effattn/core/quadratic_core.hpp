@@ -205,6 +205,33 @@ void transpose_rows(const HeadRows<const T>& q, Index first, Index count, Index 
   }
 }
 
+// Writes the rows of a finished tile, ot [Dv, TQ], transposed back through registers: the strided
+// scalar loop cost a few percent where a tile sees few keys (LARA's 49-64 samples). False: some
+// row needs the normaliser's finish_row, or the tile is partial (the caller then writes it).
+template <class T, class Normaliser>
+bool finish_tile(const HeadCtx<T>& x, Index i, Index count, Index dim_v, const T* ot, const T* l,
+                 const Normaliser& norm) noexcept {
+  using S = Packet<T>;
+  constexpr int W = S::size;
+  constexpr Index TQ = kTileQ<T>;
+  if (count != TQ) return false;
+  T f[TQ];
+  for (Index r = 0; r < TQ; ++r)
+    if (!norm.row_factor(l[r], f[r])) return false;
+  for (Index r0 = 0; r0 < TQ; r0 += W) {
+    Index c0 = 0;
+    for (; c0 + W <= dim_v; c0 += W) {
+      typename S::P block[W];
+      for (int c = 0; c < W; ++c) block[c] = S::load(ot + (c0 + c) * TQ + r0);
+      S::transpose(block);
+      for (int r = 0; r < W; ++r) S::storeu(x.out.row(i + r0 + r) + c0, S::mul(block[r], S::set1(f[r0 + r])));
+    }
+    for (Index r = r0; r < r0 + W; ++r)
+      for (Index c = c0; c < dim_v; ++c) x.out.row(i + r)[c] = ot[c * TQ + r] * f[r];
+  }
+  return true;
+}
+
 // Prefill: queries [i0, i0 + n) of one (sequence, head), n <= G * TQ, in query tiles of TQ rows.
 // Key tiles sit on a fixed grid (multiples of TK, cut to each query tile's band), so what a query
 // computes does not depend on how many query tiles share a pass: the pass is a cache blocking only.
@@ -252,13 +279,16 @@ void attend_query_tiles(const HeadCtx<T>& x, Index i0, Index n, Index dim_qk, In
       pv_tile(x.v.row(j0), x.v.row_stride, keys, dim_v, w.s, ot);
     }
   }
-  for (Index r = 0; r < n; ++r) {
-    const Index t = r / TQ, lane = r % TQ;
-    const T l = w.l[r];
-    norm.finish_row(w.ot + t * dim_v * TQ + lane, TQ, l, x.out.row(i0 + r), dim_v);
-    if (x.lse) x.lse[i0 + r] = l > 0 ? w.m[r] + std::log(l) : Packet<T>::neg_inf();
+  for (Index t = 0; t < tiles; ++t) {
+    const Index first = t * TQ, count = std::min(TQ, n - first);
+    if (!finish_tile(x, i0 + first, count, dim_v, w.ot + t * dim_v * TQ, w.l + first, norm))
+      for (Index r = first; r < first + count; ++r)
+        norm.finish_row(w.ot + t * dim_v * TQ + r % TQ, TQ, w.l[r], x.out.row(i0 + r), dim_v);
+    if (x.lse)
+      for (Index r = first; r < first + count; ++r) x.lse[i0 + r] = w.l[r] > 0 ? w.m[r] + std::log(w.l[r]) : Packet<T>::neg_inf();
   }
 }
+
 
 // Decode: every query row of the heads sharing one KV head, over keys [kc0, kc1) of the sequence.
 // Writes the final rows, or with `partial` the rows and their lse as [rows, Dv + 1] for a later merge.
