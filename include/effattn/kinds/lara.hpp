@@ -96,7 +96,9 @@ struct RaScratch {
 
   template <class Visit>
   void fields(const RaShape& s, Visit&& visit) {
-    ts.fields(s.p, visit);
+    Problem tiles = s.p;  // the expected_key pass takes K as its values
+    tiles.dim_v = std::max(s.p.dim_v, s.p.dim_qk);
+    ts.fields(tiles, visit);
     visit(kb, s.p.len_k);
     visit(w, s.samples * s.rows * s.p.dim_qk);
     visit(ex, s.rows * s.p.dim_qk);
@@ -399,7 +401,9 @@ struct LaraTerm {
     for (Index l = 0; l < TQ; l += S::size) {
       auto sum = S::zero();
       for (Index c = 0; c < c_eff; ++c) {
-        const auto x = S::exp(S::sub(S::load(rt + c * TQ + l), S::set1(rlse[c])));
+        // r <= 1 for the queries of the normalisation; a padded query (padding = exclude) is not
+        // one of them, and its r is capped at 1 so that huge logits cannot overflow it.
+        const auto x = S::exp(S::min(S::sub(S::load(rt + c * TQ + l), S::set1(rlse[c])), S::zero()));
         S::store(rt + c * TQ + l, x);
         sum = S::add(sum, x);
       }

@@ -35,6 +35,7 @@ struct Packet {
   // a * b + c, fused where the ISA has FMA.
   static EFFATTN_ALWAYS_INLINE P fma(const P& a, const P& b, const P& c) { return Eigen::internal::pmadd(a, b, c); }
   static EFFATTN_ALWAYS_INLINE P max(const P& a, const P& b) { return Eigen::internal::pmax(a, b); }
+  static EFFATTN_ALWAYS_INLINE P min(const P& a, const P& b) { return Eigen::internal::pmin(a, b); }
   static EFFATTN_ALWAYS_INLINE P abs(const P& a) { return Eigen::internal::pabs(a); }
 
   // Eigen's vectorised exp clamps its argument, so exp(-inf) is a tiny denormal, not 0: callers that
