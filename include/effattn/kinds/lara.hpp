@@ -833,9 +833,10 @@ class LaraAttention {
   [[nodiscard]] std::uint64_t draw() const noexcept { return draw_; }
   void resample() noexcept { ++draw_; }
 
-  // Non-causal, with key padding; a per-pair mask has no place in the shared proposals.
+  // Non-causal, with key padding (not on a 2-D grid); a per-pair mask has no place in the shared proposals.
   [[nodiscard]] bool supports(const Mask& mask) const noexcept {
-    return mask.causal == Causal::none && !mask.bias.present() && !mask.window.active() && !mask.packed();
+    return mask.causal == Causal::none && !mask.bias.present() && !mask.window.active() && !mask.packed() &&
+           !(config_.grid.active() && !mask.key_lengths.empty());
   }
 
   [[nodiscard]] Cost cost(const Problem& p, const Mask& /*mask*/ = {}) const noexcept {
