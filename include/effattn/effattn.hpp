@@ -10,5 +10,7 @@
 #include "effattn/feature_maps/random_projection.hpp"
 #include "effattn/kinds/softmax.hpp"
 #include "effattn/kinds/rfa.hpp"
+#include "effattn/kinds/lara.hpp"
 #include "effattn/reference/softmax.hpp"
 #include "effattn/reference/rfa.hpp"
+#include "effattn/reference/lara.hpp"
