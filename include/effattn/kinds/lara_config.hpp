@@ -112,7 +112,8 @@ enum class Padding {
   exclude,     // padded tokens are not in the landmarks nor in r's normalisation; padded queries still get
                // an output row, computed like any query's
   zero_compat, // HKUNLP: q, k, v of padded tokens zeroed first (they count in the landmark means and in
-               // r's normalisation with q = 0; a padded query's output is that of q = 0); needs Lq == Lk
+               // r's normalisation with q = 0; a padded query's output is that of q = 0); with key
+               // padding it needs Lq == Lk (self-attention)
 };
 
 struct Grid {
@@ -170,12 +171,15 @@ struct LaraConfig {
 // Inputs that replace LARA's own landmarks and generator.
 template <class T>
 struct LaraDraws {
-  // Standard-normal eps [B, H, C_eff * S, Dqk] (bhld): row r perturbs proposal r mod C_eff; with
+  // Standard-normal eps [B, H, C_eff * S, Dqk] (bhld), C_eff the largest number of proposals of the
+  // call's sequences (a sequence with fewer, after padding, reads the first rows of its slice): row r
+  // perturbs proposal r mod C_eff; with
   // antithetic sampling each row gives the two samples mu + sigma eps (rows [0, C_eff S)) and
   // mu - sigma eps (rows [C_eff S, 2 C_eff S)), the order of HKUNLP's code. Needs sampling = stochastic.
   std::optional<ConstTensor4<T>> noise{};
   // Landmarks [B, H, C, Dqk] in the units of q and k (unscaled), e.g. from a trained pooling layer;
-  // both or neither. They replace segment means and grid pooling; C_eff = C.
+  // both or neither. They replace segment means and grid pooling (Config::mixed still applies);
+  // C_eff = C whatever num_landmarks says.
   std::optional<ConstTensor4<T>> query_landmarks{};
   std::optional<ConstTensor4<T>> key_landmarks{};
 };
