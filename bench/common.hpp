@@ -2,7 +2,7 @@
 // What every row set of effattn_bench shares: the machine's measured limits, the counters derived
 // from them, the seeded inputs of one shape and their exact (double) answers, the timed loop with its
 // allocation count, the heap row, and registration. Row sets live in their own source files
-// (softmax_rows.cpp, rfa_rows.cpp) and are registered from main.cpp.
+// (softmax_rows.cpp, rfa_rows.cpp, lara_rows.cpp) and are registered from main.cpp.
 
 #include <algorithm>
 #include <cstddef>
@@ -28,6 +28,7 @@
 #pragma GCC diagnostic pop
 #endif
 #include <effattn/attention.hpp>
+#include <effattn/kinds/rfa_config.hpp>
 
 #include "heap_tracker.hpp"
 #include "inputs.hpp"
@@ -133,7 +134,8 @@ void timed_calls(benchmark::State& state, Call&& call) {
 }
 
 // forward() under timed_calls with a caller-owned workspace (a plain vector, as a user would pass it:
-// any alignment must do). Returns false (the row skipped with the error) when check() refuses the call.
+// any alignment must do); its size, from workspace_bytes(), is the row's "ws_MiB". Returns false (the
+// row skipped with the error) when check() refuses the call.
 template <effattn::Attention A>
 bool timed_forward(benchmark::State& state, const A& attn, effattn::ConstTensor4<float> q,
                    effattn::ConstTensor4<float> k, effattn::ConstTensor4<float> v, effattn::Tensor4<float> out,
@@ -146,6 +148,7 @@ bool timed_forward(benchmark::State& state, const A& attn, effattn::ConstTensor4
     state.SkipWithError(s.message().c_str());
     return false;
   }
+  state.counters["ws_MiB"] = static_cast<double>(workspace.size()) / kMiB;
   timed_calls(state, [&] {
     attn.forward(q, k, v, out, mask, options);
     benchmark::DoNotOptimize(out.data());
@@ -171,29 +174,29 @@ void kernel_row(benchmark::State& state, AttentionInputs& in, const A& attn, boo
   state.counters["rel_err"] = relative_error(out_buf.data(), expected(in, causal), compared);
 }
 
-// ---- memory rows: heap beyond inputs and outputs at L = 65536 ------------------------------------------
+// ---- memory rows: heap beyond inputs and outputs, at L = 65536 unless a row set sweeps L ------------
 
 inline constexpr Index kMemoryLen = 65536;
 inline constexpr Index kMemoryDim = 64;
 
-// One non-causal call of `attn` on H = 1, L = kMemoryLen, D = kMemoryDim, single thread, without a
-// workspace: the call allocates what it needs, and that is what the row measures ("extra_MiB", next
-// to "ws_MiB", what workspace_bytes() asks for, and "LxL_MiB", one float score matrix). rel_err is
-// against exact softmax on the first kSampleRows rows (the double kernel over all 65536 queries would
-// take minutes, and without a causal mask every query sees the same keys).
+// One non-causal call of `attn` on H = 1, L = len, D = kMemoryDim, single thread, without a workspace:
+// the call allocates what it needs, and that is what the row measures ("extra_MiB", next to "ws_MiB",
+// what workspace_bytes() asks for, and "LxL_MiB", one float score matrix). rel_err is against exact
+// softmax on the first kSampleRows rows (the double kernel over all 65536 queries would take minutes,
+// and without a causal mask every query sees the same keys).
 template <effattn::Attention A>
-void memory_row(benchmark::State& state, const A& attn) {
+void memory_row(benchmark::State& state, const A& attn, Index len = kMemoryLen) {
   try {
-    const auto n = static_cast<std::size_t>(kMemoryLen * kMemoryDim);
-    const AlignedBuffer<float> qb = normal_buffer<float>(n, make_seed(21, kMemoryLen, kMemoryDim));
-    const AlignedBuffer<float> kb = normal_buffer<float>(n, make_seed(22, kMemoryLen, kMemoryDim));
-    const AlignedBuffer<float> vb = normal_buffer<float>(n, make_seed(23, kMemoryLen, kMemoryDim));
+    const auto n = static_cast<std::size_t>(len * kMemoryDim);
+    const AlignedBuffer<float> qb = normal_buffer<float>(n, make_seed(21, len, kMemoryDim));
+    const AlignedBuffer<float> kb = normal_buffer<float>(n, make_seed(22, len, kMemoryDim));
+    const AlignedBuffer<float> vb = normal_buffer<float>(n, make_seed(23, len, kMemoryDim));
     AlignedBuffer<float> ob(n);
     ob.fill_zero();
-    const effattn::ConstTensor4<float> q(qb.data(), 1, 1, kMemoryLen, kMemoryDim);
-    const effattn::ConstTensor4<float> k(kb.data(), 1, 1, kMemoryLen, kMemoryDim);
-    const effattn::ConstTensor4<float> v(vb.data(), 1, 1, kMemoryLen, kMemoryDim);
-    const effattn::Tensor4<float> out(ob.data(), 1, 1, kMemoryLen, kMemoryDim);
+    const effattn::ConstTensor4<float> q(qb.data(), 1, 1, len, kMemoryDim);
+    const effattn::ConstTensor4<float> k(kb.data(), 1, 1, len, kMemoryDim);
+    const effattn::ConstTensor4<float> v(vb.data(), 1, 1, len, kMemoryDim);
+    const effattn::Tensor4<float> out(ob.data(), 1, 1, len, kMemoryDim);
     const effattn::Mask mask{};
     const effattn::Problem problem = effattn::Problem::of<float>(q, k, v);
     effattn::Options<float> options;
@@ -211,10 +214,10 @@ void memory_row(benchmark::State& state, const A& attn) {
     flop_counters(state, attn.cost(problem, mask).flops, 1);
     state.counters["extra_MiB"] = extra / kMiB;
     state.counters["ws_MiB"] = static_cast<double>(attn.workspace_bytes(problem, 1)) / kMiB;
-    state.counters["LxL_MiB"] = static_cast<double>(kMemoryLen) * kMemoryLen * sizeof(float) / kMiB;
+    state.counters["LxL_MiB"] = static_cast<double>(len) * static_cast<double>(len) * sizeof(float) / kMiB;
 
     const AlignedBuffer<double> ref =
-        sample_reference(qb.data(), kb.data(), vb.data(), kSampleRows, kMemoryLen, kMemoryDim, false);
+        sample_reference(qb.data(), kb.data(), vb.data(), std::min(kSampleRows, len), len, kMemoryDim, false);
     state.counters["rel_err"] = relative_error(ob.data(), ref.data(), ref.size());
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
@@ -236,5 +239,13 @@ std::string row_name(std::string_view kind, Index len, Index dim, bool causal, i
 // The row sets, one per source file.
 void register_softmax_rows(bool quick);
 void register_rfa_rows(bool quick);
+void register_lara_rows(bool quick);
+
+// The map of the rfa rows (Performer: positive features, orthogonal projections, a fixed seed) with
+// `num_features` projections, for every row set that compares against it.
+effattn::RfaConfig rfa_config(Index num_features);
+
+// The summary block of the accuracy rows of lara_rows.cpp.
+SummaryReporter::ErrorTable lara_accuracy_table();
 
 }  // namespace effattn_bench

@@ -4,14 +4,16 @@
 // described at the top of its file:
 //   softmax_rows.cpp  exact softmax: softmax/, naive/, decode/, memory/
 //   rfa_rows.cpp      random-feature attention beside it: rfa/, rfa-decode/, rfa-memory/
-// The summary ends with an "RFA vs softmax" block: per (D, causal, threads), the time of both kinds at
-// each L, the speedup, RFA's error against exact softmax, the crossover length and how RFA's time
-// grows from L/4 to its longest L.
+//   lara_rows.cpp     RA and LARA beside both: lara/, ra/, lara-memory/, accuracy/
+// The summary ends with comparison blocks, "RFA vs softmax", "LARA vs softmax", "LARA vs RFA" and "RA
+// vs softmax": per (D, causal, threads), the time of both kinds at each L, the speedup, the
+// candidate's error against exact softmax, the crossover length and how the candidate's time grows
+// from L/4 to its longest L; then the accuracy table of RFA, LARA and RA at equal sample count.
 //
 //   effattn_bench            full sweep (a few minutes on 2 cores with kernels near 100 GFLOP/s per
 //                            core; longer on a slower or shared machine)
-//   effattn_bench --quick    softmax at L in {1024, 4096} and rfa at L in {1024, 4096, 16384}, D = 64,
-//                            plus the decode and memory rows
+//   effattn_bench --quick    softmax at L in {1024, 4096}, rfa and lara (C = 49) at L in {1024, 4096,
+//                            16384}, ra at L = 1024, D = 64, plus the decode, memory and accuracy rows
 // Any Google Benchmark flag works as usual (--benchmark_filter=rfa/L:4096, --benchmark_out=x.json
 // --benchmark_out_format=json, --benchmark_min_time=1, ...).
 
@@ -123,9 +125,10 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("effattn_asserts", "ON (not a Release build: timings are not representative)");
 #endif
 
-  // Softmax first: the comparison block reads both, in any order.
+  // Softmax first: the comparison blocks read every kind, in any order.
   register_softmax_rows(quick);
   register_rfa_rows(quick);
+  register_lara_rows(quick);
 
   std::string header = "FMA peak " + fixed(g_machine.peak_1t) + " GFLOP/s per core, " + fixed(g_machine.peak_nt) + " with " +
                        nt + "; triad " + fixed(g_machine.triad_1t, 2) + " GB/s 1t, " + fixed(g_machine.triad_nt, 2) +
@@ -140,6 +143,10 @@ int main(int argc, char** argv) {
   if (tabular) options |= benchmark::ConsoleReporter::OO_Tabular;
   SummaryReporter reporter(static_cast<benchmark::ConsoleReporter::OutputOptions>(options), header);
   reporter.add_comparison({"RFA vs softmax", "softmax", "rfa"});
+  for (const char* lara : {"lara-c49", "lara-c64"}) reporter.add_comparison({"LARA vs softmax", "softmax", lara});
+  for (const char* lara : {"lara-c49", "lara-c64"}) reporter.add_comparison({"LARA vs RFA", "rfa", lara});
+  reporter.add_comparison({"RA vs softmax", "softmax", "ra"});
+  reporter.add_error_table(lara_accuracy_table());
   // Another --benchmark_format keeps Google Benchmark's own reporter (the table is for people).
   if (other_format) benchmark::RunSpecifiedBenchmarks();
   else benchmark::RunSpecifiedBenchmarks(&reporter);

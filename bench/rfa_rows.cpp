@@ -15,7 +15,6 @@
 //                    softmax memory row measures it.
 // --quick: rfa at L in {1024, 4096, 16384}, plus decode and memory.
 
-#include <cstdint>
 #include <exception>
 #include <string>
 #include <vector>
@@ -26,25 +25,25 @@
 #include <effattn/kinds/softmax.hpp>
 
 namespace effattn_bench {
+
+effattn::RfaConfig rfa_config(Index num_features) {
+  effattn::RfaConfig config;  // the defaults, except:
+  config.feature = effattn::Feature::positive;
+  config.num_features = num_features;
+  config.orthogonal = true;
+  config.seed = 42;
+  return config;
+}
+
 namespace {
 
 constexpr Index kRfaDim = 64;
 constexpr Index kRfaFeatures = 256;
-constexpr std::uint64_t kRfaSeed = 42;
-
-effattn::RfaConfig rfa_config() {
-  effattn::RfaConfig config;  // the defaults, except:
-  config.feature = effattn::Feature::positive;
-  config.num_features = kRfaFeatures;
-  config.orthogonal = true;
-  config.seed = kRfaSeed;
-  return config;
-}
 
 // One projection per KV head, drawn from (seed, head): the same matrices for every row with the same
 // kv_heads, and head 0's matrix for any kv_heads.
 effattn::RfaAttention<float> make_rfa(Index kv_heads, Index dim) {
-  return effattn::RfaAttention<float>(rfa_config(), kv_heads, dim);
+  return effattn::RfaAttention<float>(rfa_config(kRfaFeatures), kv_heads, dim);
 }
 
 // ---- rfa/... : the kernel over L -----------------------------------------------------------------------
@@ -146,7 +145,7 @@ void bm_rfa_decode(benchmark::State& state) {
     using benchmark::Counter;
     state.counters["tok/s"] = Counter(1.0, Counter::kIsIterationInvariantRate);
     const Index features = attn.feature_map().features();
-    flop_counters(state, decode_token_flops(features, rfa_config().num_features, D, D), 1);
+    flop_counters(state, decode_token_flops(features, kRfaFeatures, D, D), 1);
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
   }

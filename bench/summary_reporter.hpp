@@ -1,8 +1,10 @@
 #pragma once
 // Google Benchmark's console output, followed at the end of the run by one compact table with the
-// figures a reader compares across rows (time, GFLOP/s, %peak, GB/s, %bw, rel_err, extra heap), and
-// then one block per comparison of two kinds (add_comparison): their times side by side at each L,
-// the speedup, the candidate's error, where the candidate starts to win and how its time scales.
+// figures a reader compares across rows (time, GFLOP/s, %peak, GB/s, %bw, rel_err, extra heap,
+// workspace), then one block per comparison of two kinds (add_comparison): their times side by side at
+// each L, the speedup, the candidate's error, where the candidate starts to win and how its time
+// scales; and last one block per error table (add_error_table): rows that measure accuracy only, whose
+// counters are laid out as a table instead of joining the timing table.
 // Benchmarks describe each row once, at registration, with describe_row(); the table reads the
 // numbers from the run's counters, so it always agrees with the console and JSON output.
 
@@ -12,6 +14,7 @@
 #include <ostream>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include <benchmark/benchmark.h>
@@ -56,6 +59,20 @@ class SummaryReporter : public benchmark::ConsoleReporter {
   };
   void add_comparison(Comparison c) { comparisons_.push_back(std::move(c)); }
 
+  // A block "title" for the rows of `family` (left out of the timing table): one line per row, in run
+  // order, with counter `key` and then `columns` ({counter, header}); rows with the same note form a
+  // group, headed by the note and the first row's `stats` ({counter, label}). Each pair of `below`
+  // ({a, b}, column headers) adds a line per group: at which keys counter a is below counter b.
+  struct ErrorTable {
+    std::string title;
+    std::string family;
+    std::string key;
+    std::vector<std::pair<std::string, std::string>> columns;
+    std::vector<std::pair<std::string, std::string>> stats;
+    std::vector<std::pair<std::string, std::string>> below;
+  };
+  void add_error_table(ErrorTable t) { error_tables_.push_back(std::move(t)); }
+
   void Finalize() override {
     benchmark::ConsoleReporter::Finalize();
     if (runs_.empty()) return;
@@ -63,12 +80,20 @@ class SummaryReporter : public benchmark::ConsoleReporter {
     char line[512];
     out << "\nSummary\n";
     if (!header_.empty()) out << header_ << "\n";
+    if (std::all_of(runs_.begin(), runs_.end(), [&](const Run& run) { return in_error_table(run); })) {
+      for (const ErrorTable& t : error_tables_) error_table(out, t);
+      out.flush();
+      return;
+    }
     int kind_width = 14;
-    for (const Run& run : runs_) kind_width = std::max(kind_width, static_cast<int>(info_of(run).kind.size()));
-    std::snprintf(line, sizeof line, "%-*s %6s %4s %6s %3s %10s %8s %6s %7s %5s %9s %9s  %s\n", kind_width, "kind", "L",
-                  "D", "causal", "thr", "time_ms", "GFLOP/s", "%peak", "GB/s", "%bw", "rel_err", "extra_MiB", "note");
+    for (const Run& run : runs_)
+      if (!in_error_table(run)) kind_width = std::max(kind_width, static_cast<int>(info_of(run).kind.size()));
+    std::snprintf(line, sizeof line, "%-*s %6s %4s %6s %3s %10s %8s %6s %7s %5s %9s %9s %8s  %s\n", kind_width, "kind",
+                  "L", "D", "causal", "thr", "time_ms", "GFLOP/s", "%peak", "GB/s", "%bw", "rel_err", "extra_MiB",
+                  "ws_MiB", "note");
     out << line;
     for (const Run& run : runs_) {
+      if (in_error_table(run)) continue;
       const RowInfo info = info_of(run);
       if (run.error_occurred) {
         std::snprintf(line, sizeof line, "%-*s %6lld %4lld %6s %3d  error: %s\n", kind_width, info.kind.c_str(), info.len,
@@ -76,15 +101,16 @@ class SummaryReporter : public benchmark::ConsoleReporter {
         out << line;
         continue;
       }
-      std::snprintf(line, sizeof line, "%-*s %6lld %4lld %6s %3d %10.3f %8s %6s %7s %5s %9s %9s  %s\n", kind_width,
+      std::snprintf(line, sizeof line, "%-*s %6lld %4lld %6s %3d %10.3f %8s %6s %7s %5s %9s %9s %8s  %s\n", kind_width,
                     info.kind.c_str(), info.len, info.dim, info.causal ? "yes" : "no", info.threads, ms_per_call(run),
                     counter(run, "FLOP/s", 1e-9, "%.1f").c_str(), counter(run, "%peak", 1, "%.1f").c_str(),
                     counter(run, "B/s", 1e-9, "%.2f").c_str(), counter(run, "%bw", 1, "%.1f").c_str(),
                     counter(run, "rel_err", 1, "%.2e").c_str(), counter(run, "extra_MiB", 1, "%.2f").c_str(),
-                    note(run, info).c_str());
+                    counter(run, "ws_MiB", 1, "%.2f").c_str(), note(run, info).c_str());
       out << line;
     }
     for (const Comparison& c : comparisons_) compare(out, c);
+    for (const ErrorTable& t : error_tables_) error_table(out, t);
     out.flush();
   }
 
@@ -96,6 +122,12 @@ class SummaryReporter : public benchmark::ConsoleReporter {
     else info.kind = run.run_name.function_name;
     if (info.family.empty()) info.family = info.kind;
     return info;
+  }
+
+  [[nodiscard]] bool in_error_table(const Run& run) const {
+    const std::string family = info_of(run).family;
+    return std::any_of(error_tables_.begin(), error_tables_.end(),
+                       [&](const ErrorTable& t) { return t.family == family; });
   }
 
   static double ms_per_call(const Run& run) {
@@ -201,9 +233,73 @@ class SummaryReporter : public benchmark::ConsoleReporter {
       std::snprintf(buf, sizeof buf, "t_%s(L)/t_%s(L/4) not measured", who.c_str(), who.c_str());
       return buf;
     }
-    std::snprintf(buf, sizeof buf, "t_%s(%lld)/t_%s(%lld) = %.2f (linear in L: about 4; quadratic: 16)", who.c_str(),
-                  longest, who.c_str(), longest / 4, points.at(longest).cand_ms / points.at(longest / 4).cand_ms);
+    // 3.6-4.4: linear up to 10%, the most a shared machine's noise and the fixed per-call work allow.
+    const double ratio = points.at(longest).cand_ms / points.at(longest / 4).cand_ms;
+    std::snprintf(buf, sizeof buf, "t_%s(%lld)/t_%s(%lld) = %.2f (linear in L: about 4; quadratic: 16): %s",
+                  who.c_str(), longest, who.c_str(), longest / 4, ratio,
+                  ratio >= 3.6 && ratio <= 4.4 ? "linear (within 3.6-4.4)" : "outside 3.6-4.4");
     return buf;
+  }
+
+  void error_table(std::ostream& out, const ErrorTable& t) const {
+    std::vector<std::string> notes;  // groups in order of first appearance
+    for (const Run& run : runs_) {
+      const RowInfo info = info_of(run);
+      if (info.family == t.family && std::find(notes.begin(), notes.end(), info.note) == notes.end())
+        notes.push_back(info.note);
+    }
+    if (notes.empty()) return;
+    out << "\n" << t.title << "\n";
+    char cell[48];
+    for (const std::string& group : notes) {
+      std::string head = group;
+      std::string table;
+      std::snprintf(cell, sizeof cell, "  %6s", t.key.c_str());
+      table += cell;
+      for (const auto& [name, header] : t.columns) {
+        std::snprintf(cell, sizeof cell, " %10s", header.c_str());
+        table += cell;
+      }
+      table += "\n";
+      std::vector<std::string> below(t.below.size());
+      std::vector<int> below_of(t.below.size(), 0);
+      int rows = 0;
+      for (const Run& run : runs_) {
+        const RowInfo info = info_of(run);
+        if (info.family != t.family || info.note != group) continue;
+        if (run.error_occurred) {
+          table += "  error: " + run.error_message + "\n";
+          continue;
+        }
+        if (rows++ == 0)
+          for (const auto& [name, label] : t.stats) head += "; " + label + " " + counter(run, name.c_str(), 1, "%.3g");
+        const std::string key = counter(run, t.key.c_str(), 1, "%.0f");
+        std::snprintf(cell, sizeof cell, "  %6s", key.c_str());
+        table += cell;
+        for (const auto& [name, header] : t.columns) {
+          std::snprintf(cell, sizeof cell, " %10s", counter(run, name.c_str(), 1, "%.2e").c_str());
+          table += cell;
+        }
+        table += "\n";
+        for (std::size_t i = 0; i < t.below.size(); ++i) {
+          const auto a = run.counters.find(t.below[i].first), b = run.counters.find(t.below[i].second);
+          if (a == run.counters.end() || b == run.counters.end()) continue;
+          ++below_of[i];
+          if (a->second.value < b->second.value) below[i] += (below[i].empty() ? "" : ", ") + key;
+        }
+      }
+      out << head << "\n" << table;
+      for (std::size_t i = 0; i < t.below.size(); ++i) {
+        if (below_of[i] == 0) continue;
+        const auto header = [&](const std::string& name) {
+          for (const auto& [n, h] : t.columns)
+            if (n == name) return h;
+          return name;
+        };
+        out << "  " << header(t.below[i].first) << " below " << header(t.below[i].second) << " at " << t.key << " = "
+            << (below[i].empty() ? "none" : below[i]) << " (of " << below_of[i] << ")\n";
+      }
+    }
   }
 
   // The row's note, plus tokens per second for decode rows that count them, and heap allocations per
@@ -235,6 +331,7 @@ class SummaryReporter : public benchmark::ConsoleReporter {
   std::string header_;
   std::vector<Run> runs_;
   std::vector<Comparison> comparisons_;
+  std::vector<ErrorTable> error_tables_;
 };
 
 }  // namespace effattn_bench
