@@ -120,17 +120,21 @@ inline Index ra_rows(const Problem& p, int threads) noexcept {
   return p.batch * p.heads * passes >= 4 * static_cast<Index>(threads) ? pass : 16;
 }
 
-template <class T>
-struct RaCall {
+// One call of RA or LARA: the views, the configuration and the draws.
+template <class T, class Config, class Draws>
+struct SampledCall {
   Problem problem{};
   ConstTensor4<T> q, k, v;
   Tensor4<T> out;
   Layout layout = Layout::bhld;
   const Mask* mask = nullptr;
-  const RaConfig* config = nullptr;
-  const RaDraws<T>* draws = nullptr;
+  const Config* config = nullptr;
+  const Draws* draws = nullptr;
   std::uint64_t draw = 0;
 };
+
+template <class T>
+using RaCall = SampledCall<T, RaConfig, RaDraws<T>>;
 
 // One RA work item: queries [i0, i0 + n) of (b, h).
 template <class T>
@@ -436,16 +440,7 @@ struct LaraTerm {
 };
 
 template <class T>
-struct LaraCall {
-  Problem problem{};
-  ConstTensor4<T> q, k, v;
-  Tensor4<T> out;
-  Layout layout = Layout::bhld;
-  const Mask* mask = nullptr;
-  const LaraConfig* config = nullptr;
-  const LaraDraws<T>* draws = nullptr;
-  std::uint64_t draw = 0;
-};
+using LaraCall = SampledCall<T, LaraConfig, LaraDraws<T>>;
 
 // Mean of rows [first, last) of `rows` (those at or after `valid` count as zero rows), times
 // factor. A segment of a long sequence holds thousands of rows: runs of 16 are summed in T with
@@ -687,62 +682,46 @@ void run_lara(const LaraCall<T>& c, const Executor& exec, std::span<std::byte> w
 
 // ------------------------------------------------------------------------------------------------
 
-template <class T>
-class RandomizedAttention {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "RandomizedAttention<T>: T is float or double");
+namespace detail {
+
+// The face RA and LARA share: a configuration, a draw counter for stochastic runs, and check/forward
+// with or without the caller's draws. Kind supplies check_call(q, k, v, out, mask, options, draws) and
+// run(call, executor, workspace).
+template <class Kind, class T, class ConfigT, class DrawsT>
+class SampledAttention {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "RA and LARA: T is float or double");
 
  public:
   using Scalar = T;
-  using Config = RaConfig;
-  static constexpr std::string_view name = "RandomizedAttention";
-  static constexpr Complexity complexity = Complexity::quadratic;
+  using Config = ConfigT;
+  using Draws = DrawsT;
 
-  RandomizedAttention() = default;
-  explicit RandomizedAttention(Config config) : config_(std::move(config)) { config_.validate().raise(); }
+  SampledAttention() = default;
+  explicit SampledAttention(Config config) : config_(std::move(config)) { config_.validate().raise(); }
 
   [[nodiscard]] const Config& config() const noexcept { return config_; }
   // How many times resample() advanced the generator (the draws of stochastic runs).
   [[nodiscard]] std::uint64_t draw() const noexcept { return draw_; }
   void resample() noexcept { ++draw_; }
 
-  // The mask's band (causal, window, key padding) restricts both the mixture and f; a per-pair bias
-  // and packed sequences are refused.
-  [[nodiscard]] bool supports(const Mask& mask) const noexcept { return !mask.bias.present() && !mask.packed(); }
-
-  [[nodiscard]] Cost cost(const Problem& p, const Mask& mask = {}) const noexcept {
-    Cost c = detail::quadratic_cost<T>(p, mask);
-    const double per_pair = c.flops / static_cast<double>(std::max<Index>(p.dim_qk + p.dim_v, 1));
-    const double mean_pass = config_.mean == RaMean::mean_key ? 0.0
-                             : config_.mean == RaMean::expected_key ? 2.0 * static_cast<double>(p.dim_qk)
-                                                                    : 2.0 * static_cast<double>(p.dim_qk);
-    c.flops = c.flops * static_cast<double>(config_.samples) + per_pair * mean_pass;
-    return c;
-  }
-
-  [[nodiscard]] std::size_t workspace_bytes(const Problem& p, int threads) const noexcept {
-    const int t = std::max(threads, 1);
-    const detail::RaShape shape{p, detail::ra_rows(p, t), config_.samples};
-    return detail::ArenaPlan{}.add(static_cast<Index>(detail::plan_of<detail::RaScratch<T>>(shape).bytes()) * t, 1).span_bytes();
-  }
-
   [[nodiscard]] Status check(ConstTensor4<T> q, ConstTensor4<T> k, ConstTensor4<T> v, Tensor4<T> out,
                              const Mask& mask = {}, const Options<T>& options = {}) const noexcept {
-    return detail::guarded([&]() -> Status { return check_call(q, k, v, out, mask, options, {}); });
+    return check(q, k, v, out, mask, options, Draws{});
   }
   [[nodiscard]] Status check(ConstTensor4<T> q, ConstTensor4<T> k, ConstTensor4<T> v, Tensor4<T> out, const Mask& mask,
-                             const Options<T>& options, const RaDraws<T>& draws) const noexcept {
-    return detail::guarded([&]() -> Status { return check_call(q, k, v, out, mask, options, draws); });
+                             const Options<T>& options, const Draws& draws) const noexcept {
+    return guarded([&]() -> Status { return kind().check_call(q, k, v, out, mask, options, draws); });
   }
 
   void forward(ConstTensor4<T> q, ConstTensor4<T> k, ConstTensor4<T> v, Tensor4<T> out, const Mask& mask = {},
                const Options<T>& options = {}) const {
-    forward(q, k, v, out, mask, options, RaDraws<T>{});
+    forward(q, k, v, out, mask, options, Draws{});
   }
-  // With the caller's noise and/or key indices in place of the generator's.
+  // With the caller's draws (noise, key indices, landmarks) in place of the generator's.
   void forward(ConstTensor4<T> q, ConstTensor4<T> k, ConstTensor4<T> v, Tensor4<T> out, const Mask& mask,
-               const Options<T>& options, const RaDraws<T>& draws) const {
-    check_call(q, k, v, out, mask, options, draws).raise();
-    detail::RaCall<T> c;
+               const Options<T>& options, const Draws& draws) const {
+    kind().check_call(q, k, v, out, mask, options, draws).raise();
+    SampledCall<T, Config, Draws> c;
     c.problem = Problem::of<T>(q, k, v, options.layout);
     c.q = q;
     c.k = k;
@@ -753,10 +732,55 @@ class RandomizedAttention {
     c.config = &config_;
     c.draws = &draws;
     c.draw = draw_;
-    detail::run_ra(c, options.executor, options.workspace);
+    Kind::run(c, options.executor, options.workspace);
+  }
+
+ protected:
+  Config config_{};
+
+ private:
+  [[nodiscard]] const Kind& kind() const noexcept { return static_cast<const Kind&>(*this); }
+  std::uint64_t draw_ = 0;
+};
+
+}  // namespace detail
+
+template <class T>
+class RandomizedAttention : public detail::SampledAttention<RandomizedAttention<T>, T, RaConfig, RaDraws<T>> {
+  using Base = detail::SampledAttention<RandomizedAttention<T>, T, RaConfig, RaDraws<T>>;
+  friend Base;
+
+ public:
+  using typename Base::Config;
+  static constexpr std::string_view name = "RandomizedAttention";
+  static constexpr Complexity complexity = Complexity::quadratic;
+
+  using Base::Base;
+
+  // The mask's band (causal, window, key padding) restricts both the mixture and f; a per-pair bias
+  // and packed sequences are refused.
+  [[nodiscard]] bool supports(const Mask& mask) const noexcept { return !mask.bias.present() && !mask.packed(); }
+
+  [[nodiscard]] Cost cost(const Problem& p, const Mask& mask = {}) const noexcept {
+    // f's pass per sample, plus for the proposal means one more pass of Dqk-wide products and
+    // outputs (expected_key: V = K) or two of scores only (sampled_key: the LSE, then the draw).
+    Cost c = detail::quadratic_cost<T>(p, mask);
+    const double visible_pairs = c.flops / (2.0 * static_cast<double>(std::max<Index>(p.dim_qk + p.dim_v, 1)));
+    const double mean_flops = config_.mean == RaMean::mean_key ? 0.0 : 4.0 * static_cast<double>(p.dim_qk);
+    c.flops = c.flops * static_cast<double>(config_.samples) + visible_pairs * mean_flops;
+    return c;
+  }
+
+  [[nodiscard]] std::size_t workspace_bytes(const Problem& p, int threads) const noexcept {
+    const int t = std::max(threads, 1);
+    const detail::RaShape shape{p, detail::ra_rows(p, t), config_.samples};
+    return detail::ArenaPlan{}.add(static_cast<Index>(detail::plan_of<detail::RaScratch<T>>(shape).bytes()) * t, 1).span_bytes();
   }
 
  private:
+  using Base::config_;
+  static void run(const detail::RaCall<T>& c, const Executor& exec, std::span<std::byte> ws) { detail::run_ra(c, exec, ws); }
+
   Status check_call(ConstTensor4<T> q, ConstTensor4<T> k, ConstTensor4<T> v, Tensor4<T> out, const Mask& mask,
                     const Options<T>& options, const RaDraws<T>& draws) const {
     using detail::error;
@@ -811,27 +835,19 @@ class RandomizedAttention {
     return {};
   }
 
-  Config config_{};
-  std::uint64_t draw_ = 0;
 };
 
 template <class T>
-class LaraAttention {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "LaraAttention<T>: T is float or double");
+class LaraAttention : public detail::SampledAttention<LaraAttention<T>, T, LaraConfig, LaraDraws<T>> {
+  using Base = detail::SampledAttention<LaraAttention<T>, T, LaraConfig, LaraDraws<T>>;
+  friend Base;
 
  public:
-  using Scalar = T;
-  using Config = LaraConfig;
+  using typename Base::Config;
   static constexpr std::string_view name = "LaraAttention";
   static constexpr Complexity complexity = Complexity::linear;
 
-  LaraAttention() = default;
-  explicit LaraAttention(Config config) : config_(std::move(config)) { config_.validate().raise(); }
-
-  [[nodiscard]] const Config& config() const noexcept { return config_; }
-  // How many times resample() advanced the generator (stochastic sampling).
-  [[nodiscard]] std::uint64_t draw() const noexcept { return draw_; }
-  void resample() noexcept { ++draw_; }
+  using Base::Base;
 
   // Non-causal, with key padding (not on a 2-D grid); a per-pair mask has no place in the shared proposals.
   [[nodiscard]] bool supports(const Mask& mask) const noexcept {
@@ -861,38 +877,12 @@ class LaraAttention {
     return detail::ArenaPlan{}.add(static_cast<Index>(blocks + per), 1).span_bytes();
   }
 
-  [[nodiscard]] Status check(ConstTensor4<T> q, ConstTensor4<T> k, ConstTensor4<T> v, Tensor4<T> out,
-                             const Mask& mask = {}, const Options<T>& options = {}) const noexcept {
-    return detail::guarded([&]() -> Status { return check_call(q, k, v, out, mask, options, {}); });
-  }
-  [[nodiscard]] Status check(ConstTensor4<T> q, ConstTensor4<T> k, ConstTensor4<T> v, Tensor4<T> out, const Mask& mask,
-                             const Options<T>& options, const LaraDraws<T>& draws) const noexcept {
-    return detail::guarded([&]() -> Status { return check_call(q, k, v, out, mask, options, draws); });
-  }
-
-  void forward(ConstTensor4<T> q, ConstTensor4<T> k, ConstTensor4<T> v, Tensor4<T> out, const Mask& mask = {},
-               const Options<T>& options = {}) const {
-    forward(q, k, v, out, mask, options, LaraDraws<T>{});
-  }
-  // With the caller's noise and/or landmarks in place of the generator and the pooling.
-  void forward(ConstTensor4<T> q, ConstTensor4<T> k, ConstTensor4<T> v, Tensor4<T> out, const Mask& mask,
-               const Options<T>& options, const LaraDraws<T>& draws) const {
-    check_call(q, k, v, out, mask, options, draws).raise();
-    detail::LaraCall<T> c;
-    c.problem = Problem::of<T>(q, k, v, options.layout);
-    c.q = q;
-    c.k = k;
-    c.v = v;
-    c.out = out;
-    c.layout = options.layout;
-    c.mask = &mask;
-    c.config = &config_;
-    c.draws = &draws;
-    c.draw = draw_;
-    detail::run_lara(c, options.executor, options.workspace);
-  }
-
  private:
+  using Base::config_;
+  static void run(const detail::LaraCall<T>& c, const Executor& exec, std::span<std::byte> ws) {
+    detail::run_lara(c, exec, ws);
+  }
+
   Status check_call(ConstTensor4<T> q, ConstTensor4<T> k, ConstTensor4<T> v, Tensor4<T> out, const Mask& mask,
                     const Options<T>& options, const LaraDraws<T>& draws) const {
     using detail::error;
@@ -954,8 +944,6 @@ class LaraAttention {
     return {};
   }
 
-  Config config_{};
-  std::uint64_t draw_ = 0;
 };
 
 EFFATTN_END_NAMESPACE
