@@ -32,12 +32,6 @@ class LaraGolden : public ::testing::Test {};
 using Scalars = ::testing::Types<float, double>;
 TYPED_TEST_SUITE(LaraGolden, Scalars);
 
-std::string sci(double x) {
-  std::ostringstream os;
-  os << std::scientific << std::setprecision(2) << x;
-  return os.str();
-}
-
 // The kernel on a golden case in the given layout, its output back in [B, H, L, D] order. `attn`
 // is a LaraAttention or RandomizedAttention; `draws` their draws type or empty.
 template <class T, class Attn, class Draws>

@@ -302,12 +302,6 @@ template <class T>
   }
 }
 
-std::string sci(double x) {
-  std::ostringstream os;
-  os << std::scientific << std::setprecision(2) << x;
-  return os.str();
-}
-
 // ---- LARA ----
 
 // The estimator options: index r in [0, 18) selects a weighting (r mod 3) and a sampling variant

@@ -48,19 +48,6 @@ std::vector<double> normals(Rng& rng, Index n, double std_dev) {
   return x;
 }
 
-// A short decimal form for RecordProperty (std::to_string prints fixed-point).
-std::string sci(double x) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.3g", x);
-  return buf;
-}
-
-double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  double e = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) e = std::max(e, std::abs(a[i] - b[i]));
-  return e;
-}
-
 // One problem in bhld layout (q, k, v and the injected draws), inputs in double.
 struct Prob {
   Index B = 1, H = 1, Hkv = 1, Lq = 1, Lk = 1, D = 8, Dv = 3;

@@ -117,19 +117,6 @@ Rfa random_case(Feature feature, Index Lq, Index Lk, std::uint64_t seed, Index m
   return r;
 }
 
-// A short decimal form for RecordProperty (std::to_string prints fixed-point).
-std::string sci(double x) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.3g", x);
-  return buf;
-}
-
-double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
-  double e = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) e = std::max(e, std::abs(a[i] - b[i]));
-  return e;
-}
-
 const Feature kExponential[] = {Feature::positive, Feature::hyperbolic, Feature::hkunlp_fourier};
 const Feature kAll[] = {Feature::positive,       Feature::hyperbolic, Feature::trigonometric,
                         Feature::hkunlp_fourier, Feature::relu,       Feature::elu_plus_one};

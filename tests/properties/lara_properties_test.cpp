@@ -28,6 +28,7 @@
 #include <effattn/kinds/rfa.hpp>
 #include <effattn/reference/softmax.hpp>
 
+#include "support/compare.hpp"
 #include "support/rfa_case.hpp"
 
 namespace effattn_test {
@@ -123,12 +124,6 @@ std::string describe(const RaConfig& c) {
   os << "RA samples=" << c.samples << " noise=" << effattn::to_string(c.noise) << " mean=" << effattn::to_string(c.mean)
      << " seed=" << c.seed;
   if (c.scale) os << " scale=" << *c.scale;
-  return os.str();
-}
-
-std::string sci(double x) {
-  std::ostringstream os;
-  os << std::scientific << std::setprecision(2) << x;
   return os.str();
 }
 

@@ -19,6 +19,7 @@
 #include <effattn/kinds/rfa.hpp>
 #include <effattn/reference/softmax.hpp>
 
+#include "support/compare.hpp"
 #include "support/rfa_case.hpp"
 
 namespace effattn_test {
@@ -84,12 +85,6 @@ Buffer<T> decode_in_steps(const RfaAttention<T>& attn, const RfaInputs<T>& in, s
     t += n;
   }
   return out;
-}
-
-std::string sci(double x) {
-  std::ostringstream os;
-  os << std::scientific << std::setprecision(2) << x;
-  return os.str();
 }
 
 template <class T>

@@ -3,7 +3,9 @@
 // worst element with its multi-index, both values and the caller's context (case and seed), so a
 // failure can be reproduced from the log alone.
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstddef>
 #include <iomanip>
 #include <sstream>
@@ -16,6 +18,19 @@
 #include <Eigen/Core>
 
 namespace effattn_test {
+
+// A short decimal form for RecordProperty (std::to_string prints fixed-point).
+inline std::string sci(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.3g", x);
+  return buf;
+}
+
+inline double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
+  double e = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) e = std::max(e, std::abs(a[i] - b[i]));
+  return e;
+}
 
 using Index = Eigen::Index;
 
