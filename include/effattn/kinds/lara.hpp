@@ -113,11 +113,13 @@ struct RaScratch {
   }
 };
 
-// Query rows per RA work item: whole passes of the core unless that leaves threads idle.
-inline Index ra_rows(const Problem& p, int threads) noexcept {
-  const Index pass = kQueryTilesPerPass * 16;
+// Query rows per RA work item: whole passes of the core unless that leaves threads idle; always whole
+// query tiles (the sampler's per-row arrays are read a tile at a time).
+template <class T>
+Index ra_rows(const Problem& p, int threads) noexcept {
+  const Index pass = kQueryTilesPerPass * kTileQ<T>;
   const Index passes = (p.len_q + pass - 1) / pass;
-  return p.batch * p.heads * passes >= 4 * static_cast<Index>(threads) ? pass : 16;
+  return p.batch * p.heads * passes >= 4 * static_cast<Index>(threads) ? pass : kTileQ<T>;
 }
 
 // One call of RA or LARA: the views, the configuration and the draws.
@@ -259,7 +261,7 @@ void run_ra(const RaCall<T>& c, const Executor& exec, std::span<std::byte> works
   const Problem& p = c.problem;
   if (p.batch == 0 || p.heads == 0 || p.len_q == 0) return;
   const int threads = std::max(exec.num_threads(), 1);
-  const RaShape shape{p, ra_rows(p, threads), c.config->samples};
+  const RaShape shape{p, ra_rows<T>(p, threads), c.config->samples};
   const std::size_t per = plan_of<RaScratch<T>>(shape).bytes();
   Arena arena(workspace, per * static_cast<std::size_t>(threads));
   std::byte* scratch = arena.take<std::byte>(static_cast<Index>(per) * threads);
@@ -773,7 +775,7 @@ class RandomizedAttention : public detail::SampledAttention<RandomizedAttention<
 
   [[nodiscard]] std::size_t workspace_bytes(const Problem& p, int threads) const noexcept {
     const int t = std::max(threads, 1);
-    const detail::RaShape shape{p, detail::ra_rows(p, t), config_.samples};
+    const detail::RaShape shape{p, detail::ra_rows<T>(p, t), config_.samples};
     return detail::ArenaPlan{}.add(static_cast<Index>(detail::plan_of<detail::RaScratch<T>>(shape).bytes()) * t, 1).span_bytes();
   }
 
