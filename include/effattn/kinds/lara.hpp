@@ -7,7 +7,7 @@
 //          the per-key term -|k'_m|^2/2 (KeyBiasTerm); its LSE comes with it.
 //   RA     draws S samples per query around q'_n + (a key from the exact attention row: its LSE is a
 //          core pass with no values; or the attention-weighted key: a core pass with V = K), then
-//          averages f over them. Quadratic; O(S * rows of a pass * D) extra memory per thread.
+//          averages f over them. Quadratic; O(rows of a pass x (D + S)) extra memory per thread.
 //   LARA   pass 1: f and LSE of the C_eff S samples of C_eff shared proposals (per (batch, head));
 //          pass 2: every query attends over the samples (keys w, values f(w)) with the additive score
 //          log alpha + LSE - log proposal (LaraTerm). Linear in L.
@@ -83,7 +83,8 @@ template <class T>
 struct RaScratch {
   TileScratch<T> ts;
   T* kb = nullptr;       // [Lk] key terms
-  T* w = nullptr;        // [S, rows, Dqk] samples (canonical units)
+  T* mu = nullptr;       // [rows, Dqk] proposal means without a drawn key (canonical units)
+  T* w = nullptr;        // [rows, Dqk] one sample per row
   T* ex = nullptr;       // [rows, Dqk] attention-weighted keys (expected_key)
   T* lse = nullptr;      // [rows] log-partition of each query's exact row (sampled_key)
   T* u = nullptr;        // [S, rows] uniforms of the key draws
@@ -100,7 +101,8 @@ struct RaScratch {
     tiles.dim_v = std::max(s.p.dim_v, s.p.dim_qk);
     ts.fields(tiles, visit);
     visit(kb, s.p.len_k);
-    visit(w, s.samples * s.rows * s.p.dim_qk);
+    visit(mu, s.rows * s.p.dim_qk);
+    visit(w, s.rows * s.p.dim_qk);
     visit(ex, s.rows * s.p.dim_qk);
     visit(lse, s.rows);
     visit(u, s.samples * s.rows);
@@ -155,7 +157,6 @@ void ra_item(const RaCall<T>& c, const QuadraticCall<T>& qc, Index b, Index h, I
   key_half_norms(x.k, std::max(k_end, x.band.hi(0)), dq, static_cast<T>(scale), w.kb);
   const CounterRng rng = draw_stream(cfg.seed, b, h, c.draw);
 
-  // Proposal means mu_n (canonical), written to sample 0's rows.
   if (cfg.mean == RaMean::expected_key) {
     HeadCtx<T> e = x;
     e.v = x.k;
@@ -180,68 +181,51 @@ void ra_item(const RaCall<T>& c, const QuadraticCall<T>& qc, Index b, Index h, I
     for (Index r0 = 0; r0 < n; r0 += pass)
       attend_query_tiles<T>(e, r0, std::min(pass, n - r0), dq, 0, static_cast<T>(scale), w.ts, cdf);
   }
+  // Proposal means without a drawn key: mu_r = q'_r, plus the mean or the attention-weighted key.
   std::fill(w.sum, w.sum + dq, 0.0);
   Index sum_lo = 0, sum_hi = 0;  // keys in w.sum (bands only move forward with the row)
   for (Index r = 0; r < n; ++r) {
-    const Index i = i0 + r, lo = x.band.lo(r), hi = std::max(lo, x.band.hi(r));
-    const T* qr = x.q.row(r);
-    for (Index s = 0; s < S; ++s) {
-      T* mu = w.w + (s * n + r) * dq;
-      for (Index d = 0; d < dq; ++d) mu[d] = rs * qr[d];
-    }
+    const Index lo = x.band.lo(r), hi = std::max(lo, x.band.hi(r));
+    T* mu = w.mu + r * dq;
+    for (Index d = 0; d < dq; ++d) mu[d] = rs * x.q.row(r)[d];
     if (hi <= lo) continue;  // sees no key: its output is 0 whatever the samples
-    switch (cfg.mean) {
-      case RaMean::mean_key: {
-        for (; sum_hi < hi; ++sum_hi)
-          for (Index d = 0; d < dq; ++d) w.sum[d] += x.k.row(sum_hi)[d];
-        for (; sum_lo < lo; ++sum_lo)
-          for (Index d = 0; d < dq; ++d) w.sum[d] -= x.k.row(sum_lo)[d];
-        const double f = static_cast<double>(rs) / static_cast<double>(hi - lo);
-        for (Index s = 0; s < S; ++s)
-          for (Index d = 0; d < dq; ++d) w.w[(s * n + r) * dq + d] += static_cast<T>(f * w.sum[d]);
-        break;
-      }
-      case RaMean::expected_key:
-        for (Index s = 0; s < S; ++s)
-          for (Index d = 0; d < dq; ++d) w.w[(s * n + r) * dq + d] += rs * w.ex[r * dq + d];
-        break;
-      case RaMean::sampled_key: {
-        if (c.draws && c.draws->key_index) {
-          const auto& ki = *c.draws->key_index;
-          for (Index s = 0; s < S; ++s) {
-            const Index m = ki.data()[((s * p.batch + b) * p.heads + h) * p.len_q + i];
-            for (Index d = 0; d < dq; ++d) w.w[(s * n + r) * dq + d] += rs * x.k.row(m)[d];
-          }
-          break;
-        }
-        for (Index s = 0; s < S; ++s) {
-          const T drawn = w.key[s * rows + r];
-          const auto m = static_cast<Index>(drawn >= 0 ? drawn : w.last[r]);
-          for (Index d = 0; d < dq; ++d) w.w[(s * n + r) * dq + d] += rs * x.k.row(m)[d];
-        }
-        break;
-      }
+    if (cfg.mean == RaMean::mean_key) {
+      for (; sum_hi < hi; ++sum_hi)
+        for (Index d = 0; d < dq; ++d) w.sum[d] += x.k.row(sum_hi)[d];
+      for (; sum_lo < lo; ++sum_lo)
+        for (Index d = 0; d < dq; ++d) w.sum[d] -= x.k.row(sum_lo)[d];
+      const double f = static_cast<double>(rs) / static_cast<double>(hi - lo);
+      for (Index d = 0; d < dq; ++d) mu[d] += static_cast<T>(f * w.sum[d]);
+    } else if (cfg.mean == RaMean::expected_key) {
+      for (Index d = 0; d < dq; ++d) mu[d] += rs * w.ex[r * dq + d];
     }
   }
-  // Noise.
-  if (sigma != 0) {
-    for (Index s = 0; s < S; ++s)
-      for (Index r = 0; r < n; ++r) {
-        T* row = w.w + (s * n + r) * dq;
-        if (c.draws && c.draws->noise) {
-          const T* e = c.draws->noise->data() + (((s * p.batch + b) * p.heads + h) * p.len_q + i0 + r) * dq;
-          for (Index d = 0; d < dq; ++d) row[d] += sigma * e[d];
-        } else {
-          rng.normals(static_cast<std::uint64_t>((s * p.len_q + i0 + r) * dq), static_cast<std::size_t>(dq), w.eps);
-          for (Index d = 0; d < dq; ++d) row[d] += sigma * static_cast<T>(w.eps[d]);
-        }
-      }
-  }
-  // f(w) for every sample, averaged.
+  // Sample by sample (memory O(rows x D) for any S): w = mu (+ the drawn key) + sigma eps, then f(w).
   const KeyBiasTerm<T> term{w.kb};
+  const bool drawn = cfg.mean == RaMean::sampled_key;
+  const bool given_keys = c.draws && c.draws->key_index;
+  const bool given_noise = c.draws && c.draws->noise;
   for (Index s = 0; s < S; ++s) {
+    for (Index r = 0; r < n; ++r) {
+      const Index i = i0 + r;
+      T* row = w.w + r * dq;
+      std::copy(w.mu + r * dq, w.mu + (r + 1) * dq, row);
+      if (drawn && x.band.hi(r) > x.band.lo(r)) {
+        const Index m = given_keys ? c.draws->key_index->data()[((s * p.batch + b) * p.heads + h) * p.len_q + i]
+                                   : static_cast<Index>(w.key[s * rows + r] >= 0 ? w.key[s * rows + r] : w.last[r]);
+        for (Index d = 0; d < dq; ++d) row[d] += rs * x.k.row(m)[d];
+      }
+      if (sigma == 0) continue;
+      if (given_noise) {
+        const T* e = c.draws->noise->data() + (((s * p.batch + b) * p.heads + h) * p.len_q + i) * dq;
+        for (Index d = 0; d < dq; ++d) row[d] += sigma * e[d];
+      } else {
+        rng.normals(static_cast<std::uint64_t>((s * p.len_q + i) * dq), static_cast<std::size_t>(dq), w.eps);
+        for (Index d = 0; d < dq; ++d) row[d] += sigma * static_cast<T>(w.eps[d]);
+      }
+    }
     HeadCtx<T> e = x;
-    e.q = {w.w + s * n * dq, n, dq, dq};
+    e.q = {w.w, n, dq, dq};
     if (S > 1) e.out = {w.f, n, dv, dv};
     attend_all(e, n, dq, dv, rs, w.ts, term);
     if (S > 1) {
