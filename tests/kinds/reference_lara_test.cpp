@@ -1105,27 +1105,19 @@ TEST(ReferenceLara, BatchedEqualsPerHead) {
 TEST(ReferenceLara, BlhdLayoutIsATranspose) {
   Prob p = random_prob(5, 7, 58, 0.5, 2, 2, 1, 4, 3);
   p.key_lengths = {7, 3};
-  const auto transpose = [](const std::vector<double>& t, Index B, Index H, Index L, Index D) {
-    std::vector<double> o(t.size());
-    for (Index b = 0; b < B; ++b)
-      for (Index h = 0; h < H; ++h)
-        for (Index l = 0; l < L; ++l)
-          for (Index d = 0; d < D; ++d) o[ix(((b * L + l) * H + h) * D + d)] = t[ix(((b * H + h) * L + l) * D + d)];
-    return o;
-  };
   Prob t = p;
-  t.q = transpose(p.q, p.B, p.H, p.Lq, p.D);
-  t.k = transpose(p.k, p.B, p.Hkv, p.Lk, p.D);
-  t.v = transpose(p.v, p.B, p.Hkv, p.Lk, p.Dv);
+  t.q = bhld_to_blhd(p.q, p.B, p.H, p.Lq, p.D);
+  t.k = bhld_to_blhd(p.k, p.B, p.Hkv, p.Lk, p.D);
+  t.v = bhld_to_blhd(p.v, p.B, p.Hkv, p.Lk, p.Dv);
   for (LaraConfig c : lara_configs(3)) {
     c.padding = Padding::exclude;
     p.lara = t.lara = c;
-    EXPECT_EQ(t.run_lara(Layout::blhd), transpose(p.run_lara(), p.B, p.H, p.Lq, p.Dv)) << p.describe();
+    EXPECT_EQ(t.run_lara(Layout::blhd), bhld_to_blhd(p.run_lara(), p.B, p.H, p.Lq, p.Dv)) << p.describe();
   }
   for (const RaConfig& c : ra_configs()) {
     p.ra = t.ra = c;
     p.causal = t.causal = Causal::bottom_right;
-    EXPECT_EQ(t.run_ra(Layout::blhd), transpose(p.run_ra(), p.B, p.H, p.Lq, p.Dv)) << p.describe();
+    EXPECT_EQ(t.run_ra(Layout::blhd), bhld_to_blhd(p.run_ra(), p.B, p.H, p.Lq, p.Dv)) << p.describe();
   }
 }
 

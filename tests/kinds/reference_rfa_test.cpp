@@ -644,20 +644,12 @@ TEST(ReferenceRfa, BlhdLayoutIsATranspose) {
   Rfa r = random_case(Feature::positive, 5, 7, 36, 8, 0.5, 2, 2, 2, 3, 2);
   r.causal = Causal::bottom_right;
   const auto bhld = r.run();
-  const auto transpose = [](const std::vector<double>& t, Index B, Index H, Index L, Index D) {
-    std::vector<double> o(t.size());
-    for (Index b = 0; b < B; ++b)
-      for (Index h = 0; h < H; ++h)
-        for (Index l = 0; l < L; ++l)
-          for (Index d = 0; d < D; ++d) o[ix(((b * L + l) * H + h) * D + d)] = t[ix(((b * H + h) * L + l) * D + d)];
-    return o;
-  };
   Rfa t = r;
-  t.q = transpose(r.q, r.B, r.H, r.Lq, r.D);
-  t.k = transpose(r.k, r.B, r.Hkv, r.Lk, r.D);
-  t.v = transpose(r.v, r.B, r.Hkv, r.Lk, r.Dv);
+  t.q = bhld_to_blhd(r.q, r.B, r.H, r.Lq, r.D);
+  t.k = bhld_to_blhd(r.k, r.B, r.Hkv, r.Lk, r.D);
+  t.v = bhld_to_blhd(r.v, r.B, r.Hkv, r.Lk, r.Dv);
   const auto blhd = t.run(Layout::blhd);
-  const auto want = transpose(bhld, r.B, r.H, r.Lq, r.Dv);
+  const auto want = bhld_to_blhd(bhld, r.B, r.H, r.Lq, r.Dv);
   EXPECT_TRUE(all_close("out", blhd.data(), want.data(), {r.B, r.Lq, r.H, r.Dv}, "[b,i,h,d]", {0, 0}, r.describe()));
 }
 

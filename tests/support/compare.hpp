@@ -26,6 +26,18 @@ inline std::string sci(double x) {
   return buf;
 }
 
+// A [B, H, L, D] tensor rewritten as [B, L, H, D] (Layout::blhd).
+template <class T>
+std::vector<T> bhld_to_blhd(const std::vector<T>& t, Eigen::Index B, Eigen::Index H, Eigen::Index L, Eigen::Index D) {
+  std::vector<T> o(t.size());
+  for (Eigen::Index b = 0; b < B; ++b)
+    for (Eigen::Index h = 0; h < H; ++h)
+      for (Eigen::Index l = 0; l < L; ++l)
+        for (Eigen::Index d = 0; d < D; ++d)
+          o[static_cast<std::size_t>(((b * L + l) * H + h) * D + d)] = t[static_cast<std::size_t>(((b * H + h) * L + l) * D + d)];
+  return o;
+}
+
 inline double max_abs_diff(const std::vector<double>& a, const std::vector<double>& b) {
   double e = 0;
   for (std::size_t i = 0; i < a.size(); ++i) e = std::max(e, std::abs(a[i] - b[i]));

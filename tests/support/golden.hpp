@@ -12,6 +12,7 @@
 
 #include <effattn/core/tensor.hpp>
 
+#include "support/compare.hpp"
 #include "support/npy.hpp"
 
 #ifndef EFFATTN_TEST_DATA_DIR
@@ -88,16 +89,8 @@ struct GoldenCase : GoldenTensors {
 // Re-stores a [B, H, L, D] array in the given layout as T (exact: the inputs are float32 values).
 template <class T>
 std::vector<T> in_layout(const NpyArray& a, effattn::Layout layout) {
-  const Index B = a.dim(0), H = a.dim(1), L = a.dim(2), D = a.dim(3);
-  std::vector<T> r(a.data.size());
-  for (Index b = 0; b < B; ++b)
-    for (Index h = 0; h < H; ++h)
-      for (Index l = 0; l < L; ++l)
-        for (Index d = 0; d < D; ++d) {
-          const Index dst = layout == effattn::Layout::bhld ? ((b * H + h) * L + l) * D + d : ((b * L + l) * H + h) * D + d;
-          r[static_cast<std::size_t>(dst)] = static_cast<T>(a.data[static_cast<std::size_t>(((b * H + h) * L + l) * D + d)]);
-        }
-  return r;
+  std::vector<T> r(a.data.begin(), a.data.end());
+  return layout == effattn::Layout::bhld ? r : bhld_to_blhd(r, a.dim(0), a.dim(1), a.dim(2), a.dim(3));
 }
 
 inline std::filesystem::path golden_dir() { return std::filesystem::path(EFFATTN_TEST_DATA_DIR) / "golden"; }
