@@ -42,12 +42,6 @@ using effattn::Weighting;
 
 std::size_t ix(Index i) { return static_cast<std::size_t>(i); }
 
-std::vector<double> normals(Rng& rng, Index n, double std_dev) {
-  std::vector<double> x(ix(n));
-  for (double& e : x) e = std_dev * rng.normal();
-  return x;
-}
-
 // One problem in bhld layout (q, k, v and the injected draws), inputs in double.
 struct Prob {
   Index B = 1, H = 1, Hkv = 1, Lq = 1, Lk = 1, D = 8, Dv = 3;

@@ -38,12 +38,6 @@ using effattn::Tensor4;
 
 std::size_t ix(Index i) { return static_cast<std::size_t>(i); }
 
-std::vector<double> normals(Rng& rng, Index n, double std_dev) {
-  std::vector<double> x(ix(n));
-  for (double& e : x) e = std_dev * rng.normal();
-  return x;
-}
-
 // iid N(0, 1) projection rows (an unbiased positive-feature estimator of exp(q'.k')).
 Projection gaussian_projection(Rng& rng, Index heads, Index m, Index d) {
   return Projection(normals(rng, heads * m * d, 1.0), heads, m, d);

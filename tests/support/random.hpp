@@ -5,6 +5,9 @@
 #include <cmath>
 #include <cstdint>
 #include <numbers>
+#include <vector>
+
+#include <Eigen/Core>
 
 namespace effattn_test {
 
@@ -36,5 +39,12 @@ class Rng {
  private:
   std::uint64_t state_;
 };
+
+// n values of N(0, std_dev^2).
+inline std::vector<double> normals(Rng& rng, Eigen::Index n, double std_dev) {
+  std::vector<double> x(static_cast<std::size_t>(n));
+  for (double& e : x) e = std_dev * rng.normal();
+  return x;
+}
 
 }  // namespace effattn_test
