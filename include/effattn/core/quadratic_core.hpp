@@ -178,6 +178,21 @@ HeadCtx<T> head_ctx(const QuadraticCall<T>& c, const Segment& seg, Index h) noex
   return x;
 }
 
+// The logit scale of a kind's Config: the given one, or 1 / sqrt(Dqk).
+inline double attention_scale(const std::optional<double>& scale, Index dim) noexcept {
+  return scale ? *scale : 1.0 / std::sqrt(static_cast<double>(std::max<Index>(dim, 1)));
+}
+
+// A head's rows seen from row i0 on: rows, outputs, lse and band re-based so that the core's row 0 is i0.
+template <class T>
+HeadCtx<T> rows_from(HeadCtx<T> x, Index i0) noexcept {
+  x.q.data += i0 * x.q.row_stride;
+  x.out.data += i0 * x.out.row_stride;
+  if (x.lse) x.lse += i0;
+  x.band.shift += i0;
+  return x;
+}
+
 // qt [dim, TQ] = scale * rows [first, first + count) of q, transposed; lanes >= count are 0. Whole
 // packet-square blocks go through register transposes: with a feature map's 256-wide rows (the
 // linear core) the scalar loop cost a fifth of a query tile's time.
@@ -233,11 +248,13 @@ bool finish_tile(const HeadCtx<T>& x, Index i, Index count, Index dim_v, const T
 }
 
 // Prefill: queries [i0, i0 + n) of one (sequence, head), n <= G * TQ, in query tiles of TQ rows.
-// Key tiles sit on a fixed grid (multiples of TK, cut to each query tile's band), so what a query
-// computes does not depend on how many query tiles share a pass: the pass is a cache blocking only.
-template <class T, class Normaliser, class Term = NoScoreTerm>
+// Key blocks come from the key schedule (schedule.hpp): by default a fixed grid (multiples of TK),
+// cut to each query tile's band, so what a query computes does not depend on how many query tiles
+// share a pass: the pass is a cache blocking only. A tile list gives each pass its own blocks.
+template <class T, class Normaliser, class Term = NoScoreTerm, class Keys = DenseKeys>
 void attend_query_tiles(const HeadCtx<T>& x, Index i0, Index n, Index dim_qk, Index dim_v, T scale,
-                        const TileScratch<T>& w, const Normaliser& norm, const Term& term = {}) noexcept {
+                        const TileScratch<T>& w, const Normaliser& norm, const Term& term = {},
+                        const Keys& key_blocks = {}) noexcept {
   constexpr Index TQ = kTileQ<T>;
   constexpr Index TK = kTileK<T>;
   const Index tiles = (n + TQ - 1) / TQ;
@@ -258,15 +275,15 @@ void attend_query_tiles(const HeadCtx<T>& x, Index i0, Index n, Index dim_qk, In
     if constexpr (Term::active) term.begin(t, qt, i0 + t * TQ);
   }
   const bool mods = x.mods.any();
-  const bool may_mask = x.mods.may_mask();
+  const bool may_mask = x.mods.may_mask() || Term::masks;
   const Index j_begin = w.lo[0];
   const Index j_end = w.hi[(tiles - 1) * TQ + TQ - 1];
-  for (Index jt = j_begin / TK * TK; jt < j_end; jt += TK) {
+  key_blocks(j_begin, j_end, TK, [&](Index kb0, Index kb1) {
     for (Index t = 0; t < tiles; ++t) {
       const Index* lo = w.lo + t * TQ;
       const Index* hi = w.hi + t * TQ;
-      const Index j0 = std::max(jt, lo[0]);
-      const Index j1 = std::min(jt + TK, hi[TQ - 1]);
+      const Index j0 = std::max(kb0, lo[0]);
+      const Index j1 = std::min(kb1, hi[TQ - 1]);
       if (j0 >= j1) continue;
       const Index keys = j1 - j0;
       const bool interior = lo[TQ - 1] <= j0 && hi[0] >= j1;
@@ -278,7 +295,7 @@ void attend_query_tiles(const HeadCtx<T>& x, Index i0, Index n, Index dim_qk, In
       norm.absorb(w.s, i0 + t * TQ, j0, keys, w.m + t * TQ, w.l + t * TQ, ot, dim_v, !interior || may_mask);
       pv_tile(x.v.row(j0), x.v.row_stride, keys, dim_v, w.s, ot);
     }
-  }
+  });
   for (Index t = 0; t < tiles; ++t) {
     const Index first = t * TQ, count = std::min(TQ, n - first);
     if (!finish_tile(x, i0 + first, count, dim_v, w.ot + t * dim_v * TQ, w.l + first, norm))
@@ -287,6 +304,31 @@ void attend_query_tiles(const HeadCtx<T>& x, Index i0, Index n, Index dim_qk, In
     if (x.lse)
       for (Index r = first; r < first + count; ++r) x.lse[i0 + r] = w.l[r] > 0 ? w.m[r] + std::log(w.l[r]) : Packet<T>::neg_inf();
   }
+}
+
+
+// Rows [i0, i0 + n) of x under OnlineSoftmax, in passes of whole query-tile groups, against one key
+// schedule.
+template <class T, class Term = NoScoreTerm, class Keys = DenseKeys>
+void attend_softmax(const HeadCtx<T>& x, Index i0, Index n, Index dim_qk, Index dim_v, T scale,
+                    const TileScratch<T>& ts, const Term& term = {}, const Keys& key_blocks = {}) noexcept {
+  constexpr Index pass = TileScratch<T>::G * kTileQ<T>;
+  for (Index r = i0; r < i0 + n; r += pass)
+    attend_query_tiles<T>(x, r, std::min(pass, i0 + n - r), dim_qk, dim_v, scale, ts, OnlineSoftmax<T>{}, term,
+                          key_blocks);
+}
+
+// The row kernel: one query row (qs, already scaled) against keys key_at(0), ..., key_at(n - 1) at any
+// positions, each score passed through mod(s, j), absorbed into the row's state and accumulator. sc
+// holds n scores. Decode reads a contiguous block; hypercube's token level gathers its neighbours.
+template <class T, class KeyAt, class Mod>
+void absorb_keys(const T* qs, const HeadRows<const T>& k, const HeadRows<const T>& v, Index dim_qk, Index dim_v,
+                 Index n, KeyAt&& key_at, Mod&& mod, T* sc, SoftmaxState<T>& state, T* acc) noexcept {
+  for (Index jj = 0; jj < n; ++jj) {
+    const Index j = key_at(jj);
+    sc[jj] = mod(dot(qs, k.row(j), dim_qk), j);
+  }
+  state.absorb(sc, n, acc, dim_v, [&](Index jj) { return v.row(key_at(jj)); });
 }
 
 
@@ -318,13 +360,10 @@ void attend_rows(const QuadraticCall<T>& c, Index b, Index kvh, Index kc0, Index
         const Index r = g * p.len_q + i;
         const Index lo = std::max(jb, x.band.lo(i)), hi = std::min(je, x.band.hi(i));
         if (lo >= hi) continue;
-        const Index n = hi - lo;
-        for (Index j = lo; j < hi; ++j) {
-          T s = dot(w.qs + r * dq, x.k.row(j), dq);
-          if (x.mods.any()) s = x.mods.apply(s, i, j);
-          w.sc[j - lo] = s;
-        }
-        w.state[r].absorb(w.sc, n, w.acc + r * dv, dv, [&](Index jj) { return x.v.row(lo + jj); });
+        const bool mods = x.mods.any();
+        absorb_keys(
+            w.qs + r * dq, x.k, x.v, dq, dv, hi - lo, [lo](Index jj) { return lo + jj; },
+            [&](T s, Index j) { return mods ? x.mods.apply(s, i, j) : s; }, w.sc, w.state[r], w.acc + r * dv);
       }
     }
   }

@@ -4,6 +4,14 @@
 // each query its visible key range [lo(i), hi(i)), which covers causal alignment, sliding windows and
 // key padding. A query tile visits only key tiles that meet its band, so skipped tiles cost nothing;
 // tiles inside the band of every row skip the mask.
+//
+// The key blocks a pass visits come from a key schedule, a callable keys(j_begin, j_end, tile, f)
+// that calls f(kb0, kb1) for each block [kb0, kb1) of at most `tile` keys, in a fixed order; each
+// query tile of the pass cuts the block to its band. Two schedules:
+//   DenseKeys   the fixed grid of `tile` keys over the pass's band (exact attention);
+//   ListedKeys  one row of an explicit tile list grouped by query block: key blocks cols[0..count) of
+//               `block` keys each (MRA's selected tiles, block hypercube's neighbours).
+// Sparsity lives in the list, so unlisted blocks cost nothing, and every kind runs the same tile loop.
 
 #include <algorithm>
 
@@ -32,6 +40,27 @@ inline Segment segment(const Mask& m, const Problem& p, Index s) noexcept {
             m.cu_seqlens_k[su + 1] - m.cu_seqlens_k[su]};
   return {s, 0, p.len_q, 0, m.key_lengths.empty() ? p.len_k : m.key_lengths[su]};
 }
+
+struct DenseKeys {
+  template <class F>
+  void operator()(Index j_begin, Index j_end, Index tile, F&& f) const {
+    for (Index jt = j_begin / tile * tile; jt < j_end; jt += tile) f(jt, jt + tile);
+  }
+};
+
+struct ListedKeys {
+  const Index* cols = nullptr;
+  Index count = 0;
+  Index block = 1;
+
+  template <class F>
+  void operator()(Index /*j_begin*/, Index /*j_end*/, Index tile, F&& f) const {
+    for (Index c = 0; c < count; ++c) {
+      const Index b0 = cols[c] * block, b1 = b0 + block;
+      for (Index j = b0; j < b1; j += tile) f(j, std::min(b1, j + tile));
+    }
+  }
+};
 
 // FLOPs from the visible (query, key) pairs, each a Dqk dot product and a Dv axpy; bytes of q, k,
 // v and out.

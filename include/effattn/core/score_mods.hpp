@@ -80,9 +80,11 @@ struct ScoreMods {
 // Score terms: additive terms of a whole query tile, for kinds whose logits are more than q.k plus
 // ScoreMods (LARA's importance weights, RA's and LARA's key norms). attend_query_tiles calls
 // begin(t, qt, i0) once per query tile t of a pass (qt: its transposed, scaled queries, first row
-// i0) and add(s, t, i0, j0, keys) on each of its score tiles, before the mask.
+// i0) and add(s, t, i0, j0, keys) on each of its score tiles, before the mask. `masks`: the term may
+// write -inf (the normaliser then selects those probabilities to exactly 0).
 struct NoScoreTerm {
   static constexpr bool active = false;
+  static constexpr bool masks = false;
   template <class T>
   void begin(Index, const T*, Index) const noexcept {}
   template <class T>
@@ -93,6 +95,7 @@ struct NoScoreTerm {
 template <class T>
 struct KeyBiasTerm {
   static constexpr bool active = true;
+  static constexpr bool masks = false;
   const T* bias = nullptr;  // [keys of the sequence]
 
   void begin(Index, const T*, Index) const noexcept {}

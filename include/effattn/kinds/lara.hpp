@@ -32,10 +32,6 @@
 EFFATTN_BEGIN_NAMESPACE
 namespace detail {
 
-inline double attention_scale(const std::optional<double>& scale, Index dim) noexcept {
-  return scale ? *scale : 1.0 / std::sqrt(static_cast<double>(std::max<Index>(dim, 1)));
-}
-
 // kb[m] = -scale |k_m|^2 / 2 for keys [0, n): the key term of f(w).
 template <class T>
 void key_half_norms(const HeadRows<const T>& k, Index n, Index dim, T scale, T* kb) noexcept {
@@ -50,24 +46,6 @@ T log_sum_exp(const T* x, Index n) noexcept {
   T s = 0;
   for (Index i = 0; i < n; ++i) s += std::exp(x[i] - m);
   return m + std::log(s);
-}
-
-// A head's rows seen from row i0 on: rows, outputs and band re-based so that the core's row 0 is i0.
-template <class T>
-HeadCtx<T> rows_from(HeadCtx<T> x, Index i0) noexcept {
-  x.q.data += i0 * x.q.row_stride;
-  x.out.data += i0 * x.out.row_stride;
-  x.band.shift += i0;
-  return x;
-}
-
-// Runs the core over rows [0, n) of x in passes of whole query-tile groups.
-template <class T, class Term = NoScoreTerm>
-void attend_all(const HeadCtx<T>& x, Index n, Index dim_qk, Index dim_v, T scale, const TileScratch<T>& ts,
-                const Term& term = {}) noexcept {
-  constexpr Index pass = TileScratch<T>::G * kTileQ<T>;
-  for (Index i0 = 0; i0 < n; i0 += pass)
-    attend_query_tiles<T>(x, i0, std::min(pass, n - i0), dim_qk, dim_v, scale, ts, OnlineSoftmax<T>{}, term);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -161,7 +139,7 @@ void ra_item(const RaCall<T>& c, const QuadraticCall<T>& qc, Index b, Index h, I
     HeadCtx<T> e = x;
     e.v = x.k;
     e.out = {w.ex, n, dq, dq};
-    attend_all(e, n, dq, dq, static_cast<T>(scale), w.ts);
+    attend_softmax(e, 0, n, dq, dq, static_cast<T>(scale), w.ts);
   }
   if (cfg.mean == RaMean::sampled_key && !(c.draws && c.draws->key_index)) {
     // The row's log-partition, then one more pass over its scores draws all S keys at once.
@@ -169,7 +147,7 @@ void ra_item(const RaCall<T>& c, const QuadraticCall<T>& qc, Index b, Index h, I
     e.v = {x.v.data, x.v.rows, 0, x.v.row_stride};
     e.out = {x.out.data, n, 0, x.out.row_stride};
     e.lse = w.lse;
-    attend_all(e, n, dq, 0, static_cast<T>(scale), w.ts);
+    attend_softmax(e, 0, n, dq, 0, static_cast<T>(scale), w.ts);
     const Index ld = rows;
     std::fill(w.lse + n, w.lse + ld, T(0));
     for (Index s = 0; s < S; ++s)
@@ -227,7 +205,7 @@ void ra_item(const RaCall<T>& c, const QuadraticCall<T>& qc, Index b, Index h, I
     HeadCtx<T> e = x;
     e.q = {w.w, n, dq, dq};
     if (S > 1) e.out = {w.f, n, dv, dv};
-    attend_all(e, n, dq, dv, rs, w.ts, term);
+    attend_softmax(e, 0, n, dq, dv, rs, w.ts, term);
     if (S > 1) {
       if (s == 0) std::copy(w.f, w.f + n * dv, w.acc);
       else for (Index t = 0; t < n * dv; ++t) w.acc[t] += w.f[t];
@@ -373,6 +351,7 @@ struct LaraScratch {
 template <class T>
 struct LaraTerm {
   static constexpr bool active = true;
+  static constexpr bool masks = false;
   const T* bias = nullptr;
   const T* bh = nullptr;  // null: log alpha is 0 or folded into the keys
   const T* qbar = nullptr;
@@ -547,7 +526,7 @@ void lara_proposals(const LaraCall<T>& c, Index b, Index h, const LaraSides& sd,
   x.lse = blk.bias;
   x.band.len_q = S_tot;
   x.band.len_k = sd.k_valid;
-  attend_all(x, S_tot, dq, dv, static_cast<T>(rs), w.ts, KeyBiasTerm<T>{w.kb});
+  attend_softmax(x, 0, S_tot, dq, dv, static_cast<T>(rs), w.ts, KeyBiasTerm<T>{w.kb});
 
   // log q_c(w_s) up to a term common to all c: G[s, c] = w_s.mu_c - |mu_c|^2/2.
   for (Index s = 0; s < S_tot; ++s) {
@@ -576,7 +555,7 @@ void lara_proposals(const LaraCall<T>& c, Index b, Index h, const LaraSides& sd,
     y.lse = blk.rlse;
     y.band.len_q = C;
     y.band.len_k = sd.q_valid;
-    attend_all(y, C, dq, 0, static_cast<T>(rs), w.ts);
+    attend_softmax(y, 0, C, dq, 0, static_cast<T>(rs), w.ts);
     if (cfg.padding == Padding::zero_compat && sd.q_len > sd.q_valid) {  // zeroed queries: logit 0 each
       const T pad = std::log(static_cast<T>(sd.q_len - sd.q_valid));
       for (Index cc = 0; cc < C; ++cc) {
