@@ -11,6 +11,8 @@
 #include "effattn/kinds/softmax.hpp"
 #include "effattn/kinds/rfa.hpp"
 #include "effattn/kinds/lara.hpp"
+#include "effattn/kinds/mra.hpp"
+#include "effattn/kinds/hypercube.hpp"
 #include "effattn/reference/softmax.hpp"
 #include "effattn/reference/rfa.hpp"
 #include "effattn/reference/lara.hpp"
