@@ -46,6 +46,17 @@ double relative_error(const float* o32, const double* o64, std::size_t n) {
   return scale > 0 ? diff / scale : diff;
 }
 
+double frobenius_error(const float* o32, const double* o64, std::size_t n) {
+  double diff = 0;
+  double norm = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const double d = static_cast<double>(o32[i]) - o64[i];
+    diff += d * d;
+    norm += o64[i] * o64[i];
+  }
+  return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+}
+
 AttentionInputs& attention_inputs(Index len, Index dim) {
   static AttentionInputs in;
   if (in.len != len || in.dim != dim) {

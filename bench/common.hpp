@@ -72,6 +72,8 @@ void byte_counters(benchmark::State& state, double bytes, int threads);
 
 // max|o32 - o64| / max|o64| over the first n elements.
 double relative_error(const float* o32, const double* o64, std::size_t n);
+// |o32 - o64|_F / |o64|_F over the first n elements (the approximation papers' measure).
+double frobenius_error(const float* o32, const double* o64, std::size_t n);
 
 // ---- inputs, shared by the rows of one shape -----------------------------------------------------------
 
@@ -157,8 +159,8 @@ bool timed_forward(benchmark::State& state, const A& attn, effattn::ConstTensor4
 }
 
 // A kernel row: attn.forward on the inputs of (L, D) = (in.len, in.dim) under the timed loop, FLOP
-// counters from the kind's cost(), and rel_err of the first `compared` output values against
-// `expected` (the double reference of the same rows).
+// counters from the kind's cost(), and rel_err and frob_err of the first `compared` output values
+// against `expected` (the double reference of the same rows).
 template <effattn::Attention A>
 void kernel_row(benchmark::State& state, AttentionInputs& in, const A& attn, bool causal, int threads,
                 const double* (*expected)(AttentionInputs&, bool), std::size_t compared) {
@@ -171,7 +173,9 @@ void kernel_row(benchmark::State& state, AttentionInputs& in, const A& attn, boo
   const effattn::Mask mask = make_mask(causal);
   if (!timed_forward(state, attn, q, k, v, out, mask, threads)) return;
   flop_counters(state, attn.cost(effattn::Problem::of<float>(q, k, v), mask).flops, threads);
-  state.counters["rel_err"] = relative_error(out_buf.data(), expected(in, causal), compared);
+  const double* exact = expected(in, causal);
+  state.counters["rel_err"] = relative_error(out_buf.data(), exact, compared);
+  state.counters["frob_err"] = frobenius_error(out_buf.data(), exact, compared);
 }
 
 // ---- memory rows: heap beyond inputs and outputs, at L = 65536 unless a row set sweeps L ------------
@@ -240,6 +244,7 @@ std::string row_name(std::string_view kind, Index len, Index dim, bool causal, i
 void register_softmax_rows(bool quick);
 void register_rfa_rows(bool quick);
 void register_lara_rows(bool quick);
+void register_block_sparse_rows(bool quick);
 
 // The map of the rfa rows (Performer: positive features, orthogonal projections, a fixed seed) with
 // `num_features` projections, for every row set that compares against it.
@@ -247,5 +252,7 @@ effattn::RfaConfig rfa_config(Index num_features);
 
 // The summary block of the accuracy rows of lara_rows.cpp.
 SummaryReporter::ErrorTable lara_accuracy_table();
+// The summary block of the accuracy rows of block_sparse_rows.cpp.
+SummaryReporter::ErrorTable mra_accuracy_table();
 
 }  // namespace effattn_bench

@@ -5,15 +5,19 @@
 //   softmax_rows.cpp  exact softmax: softmax/, naive/, decode/, memory/
 //   rfa_rows.cpp      random-feature attention beside it: rfa/, rfa-decode/, rfa-memory/
 //   lara_rows.cpp     RA and LARA beside both: lara/, ra/, lara-memory/, accuracy/
-// The summary ends with comparison blocks, "RFA vs softmax", "LARA vs softmax", "LARA vs RFA" and "RA
-// vs softmax": per (D, causal, threads), the time of both kinds at each L, the speedup, the
-// candidate's error against exact softmax, the crossover length and how the candidate's time grows
-// from L/4 to its longest L; then the accuracy table of RFA, LARA and RA at equal sample count.
+//   block_sparse_rows.cpp  MRA-2 and hypercube beside softmax: mra/, mra-s/, hypercube/, mra-memory/,
+//                     hypercube-memory/, mra-accuracy/
+// The summary ends with comparison blocks, "RFA vs softmax", "LARA vs softmax", "LARA vs RFA", "RA vs
+// softmax", "MRA-2 vs softmax" and "Hypercube vs softmax": per (D, causal, threads), the time of both
+// kinds at each L, the speedup, the candidate's error against exact softmax, the crossover length and
+// how the candidate's time grows from L/4 to its longest L; then the accuracy tables (RFA, LARA and RA
+// at equal sample count; MRA-2 over its budget and the attention's entropy).
 //
 //   effattn_bench            full sweep (a few minutes on 2 cores with kernels near 100 GFLOP/s per
 //                            core; longer on a slower or shared machine)
-//   effattn_bench --quick    softmax at L in {1024, 4096}, rfa and lara (C = 49) at L in {1024, 4096,
-//                            16384}, ra at L = 1024, D = 64, plus the decode, memory and accuracy rows
+//   effattn_bench --quick    softmax at L in {1024, 4096}, rfa, lara (C = 49), mra (8 blocks per row)
+//                            and hypercube (B = 16 and 1) at L in {1024, 4096, 16384}, ra at L = 1024,
+//                            D = 64, plus the decode, memory and accuracy rows
 // Any Google Benchmark flag works as usual (--benchmark_filter=rfa/L:4096, --benchmark_out=x.json
 // --benchmark_out_format=json, --benchmark_min_time=1, ...).
 
@@ -129,6 +133,7 @@ int main(int argc, char** argv) {
   register_softmax_rows(quick);
   register_rfa_rows(quick);
   register_lara_rows(quick);
+  register_block_sparse_rows(quick);
 
   std::string header = "FMA peak " + fixed(g_machine.peak_1t) + " GFLOP/s per core, " + fixed(g_machine.peak_nt) + " with " +
                        nt + "; triad " + fixed(g_machine.triad_1t, 2) + " GB/s 1t, " + fixed(g_machine.triad_nt, 2) +
@@ -146,7 +151,11 @@ int main(int argc, char** argv) {
   for (const char* lara : {"lara-c49", "lara-c64"}) reporter.add_comparison({"LARA vs softmax", "softmax", lara});
   for (const char* lara : {"lara-c49", "lara-c64"}) reporter.add_comparison({"LARA vs RFA", "rfa", lara});
   reporter.add_comparison({"RA vs softmax", "softmax", "ra"});
+  for (const char* mra : {"mra-bpr4", "mra-bpr8"}) reporter.add_comparison({"MRA-2 vs softmax", "softmax", mra});
+  for (const char* cube : {"hypercube-b16", "hypercube-b1"})
+    reporter.add_comparison({"Hypercube vs softmax", "softmax", cube});
   reporter.add_error_table(lara_accuracy_table());
+  reporter.add_error_table(mra_accuracy_table());
   // Another --benchmark_format keeps Google Benchmark's own reporter (the table is for people).
   if (other_format) benchmark::RunSpecifiedBenchmarks();
   else benchmark::RunSpecifiedBenchmarks(&reporter);

@@ -9,8 +9,8 @@
 // that calls f(kb0, kb1) for each block [kb0, kb1) of at most `tile` keys, in a fixed order; each
 // query tile of the pass cuts the block to its band. Two schedules:
 //   DenseKeys   the fixed grid of `tile` keys over the pass's band (exact attention);
-//   ListedKeys  one row of an explicit tile list grouped by query block: key blocks cols[0..count) of
-//               `block` keys each (MRA's selected tiles, block hypercube's neighbours).
+//   ListedKeys  one row of an explicit tile list grouped by query block: key blocks cols[0..count)
+//               (increasing) of `block` keys each (MRA's selected tiles, block hypercube's neighbours).
 // Sparsity lives in the list, so unlisted blocks cost nothing, and every kind runs the same tile loop.
 
 #include <algorithm>
@@ -53,11 +53,16 @@ struct ListedKeys {
   Index count = 0;
   Index block = 1;
 
+  // Runs of consecutive listed blocks (sorted cols) are visited as one key range: fewer, longer score
+  // tiles (a hypercube node's list holds runs like 4, 5, 6; MRA's selections cluster).
   template <class F>
   void operator()(Index /*j_begin*/, Index /*j_end*/, Index tile, F&& f) const {
-    for (Index c = 0; c < count; ++c) {
-      const Index b0 = cols[c] * block, b1 = b0 + block;
+    for (Index c = 0; c < count;) {
+      Index e = c + 1;
+      while (e < count && cols[e] == cols[e - 1] + 1) ++e;
+      const Index b0 = cols[c] * block, b1 = cols[e - 1] * block + block;
       for (Index j = b0; j < b1; j += tile) f(j, std::min(b1, j + tile));
+      c = e;
     }
   }
 };

@@ -4,15 +4,20 @@
 //   block level (block > 1): query block I visits the key blocks of its neighbours through the
 //     quadratic core's tile-list schedule (ListedKeys), dense block x block tiles on the core's
 //     micro-kernels;
-//   token level (block = 1): each query gathers its 1 + ceil(log2 n) neighbour keys through the row
-//     kernel (absorb_keys), listing only neighbours that exist and are not padding, never a repeated
-//     self (the official index table repeats it; a gather would then count it twice).
+//   token level (block = 1): a gather of the 1 + ceil(log2 n) neighbour keys of each query, listing
+//     only neighbours that exist and are not padding, never a repeated self (the official index table
+//     repeats it; a gather would then count it twice). For a fixed m, p -> p XOR (2^m - 1) reverses
+//     each aligned segment of 2^m positions, so a run of queries reads the m-th neighbours' K and V
+//     rows as one contiguous (descending) stream: the kernel takes the neighbours slot by slot over a
+//     run of kGatherRows queries instead of query by query, which turned 2 (1 + log2 n) interleaved
+//     streams of rows, mostly missing L2 beyond n ~ 2000, into one at a time.
 // A node's neighbours are computed from the closed form when its work item starts: O(log n) on the
 // stack, which costs less than looking up a cached list and needs no shared state between calls.
 // Padded keys are -inf; padded queries attend like any other (as exact softmax with key_lengths).
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string_view>
 
 #include "effattn/attention.hpp"
@@ -25,7 +30,7 @@ namespace detail {
 // 1 + ceil(log2 n) never exceeds this for an n that fits an Index.
 inline constexpr Index kMaxHypercubeDegree = 64;
 // Query rows per token-level work item: enough to amortise the item, few enough to balance threads.
-inline constexpr Index kGatherRows = 256;
+inline constexpr Index kGatherRows = 64;
 
 // The neighbours of node p among n, in increasing order (keys are then read front to back).
 inline Index sorted_neighbours(Index p, Index n, Index* out) noexcept {
@@ -38,21 +43,55 @@ inline Index sorted_neighbours(Index p, Index n, Index* out) noexcept {
 // Per-thread scratch of the token-level gather.
 template <class T>
 struct GatherScratch {
-  T* qs = nullptr;   // [Dqk] scaled query
-  T* acc = nullptr;  // [Dv]
-  T* sc = nullptr;   // [kMaxHypercubeDegree] scores
+  T* w = nullptr;  // [kMaxHypercubeDegree, kGatherRows] scores, then weights, slot by slot
 
   template <class Visit>
-  void fields(const Problem& p, Visit&& visit) {
-    visit(qs, p.dim_qk);
-    visit(acc, p.dim_v);
-    visit(sc, kMaxHypercubeDegree);
+  void fields(const Problem&, Visit&& visit) {
+    visit(w, kMaxHypercubeDegree * kGatherRows);
   }
 };
 
 template <class T>
 std::size_t hypercube_scratch(const Problem& p, Index block) noexcept {
   return block == 1 ? plan_of<GatherScratch<T>>(p).bytes() : plan_of<TileScratch<T>>(p).bytes();
+}
+
+// Token level, queries [p0, p1) of one head: slot 0 is the query itself, slot m its mirror
+// p XOR (2^m - 1); a slot that does not exist or is padding has weight exactly 0.
+template <class T>
+void gather_rows(const HeadCtx<T>& x, Index n, Index p0, Index p1, Index dim_qk, Index dim_v, T scale,
+                 const GatherScratch<T>& g) noexcept {
+  const Index rows = p1 - p0;
+  const int slots = 1 + hypercube_dim(n);
+  const auto mirror = [](Index p, int m) { return m == 0 ? p : p ^ ((Index{1} << m) - 1); };
+  constexpr T ninf = -std::numeric_limits<T>::infinity();
+  for (int m = 0; m < slots; ++m) {
+    T* s = g.w + m * kGatherRows;
+    for (Index r = 0; r < rows; ++r) {
+      const Index p = p0 + r, j = mirror(p, m);
+      s[r] = j < n && x.band.visible(p, j) ? scale * dot(x.q.row(p), x.k.row(j), dim_qk) : ninf;
+    }
+  }
+  for (Index r = 0; r < rows; ++r) {
+    T mx = ninf;
+    for (int m = 0; m < slots; ++m) mx = std::max(mx, g.w[m * kGatherRows + r]);
+    T sum = 0;
+    for (int m = 0; m < slots; ++m) {
+      T& w = g.w[m * kGatherRows + r];
+      w = w == ninf ? T(0) : std::exp(w - mx);
+      sum += w;
+    }
+    const T inv = sum > 0 ? T(1) / sum : T(0);
+    for (int m = 0; m < slots; ++m) g.w[m * kGatherRows + r] *= inv;
+    T* o = x.out.row(p0 + r);
+    std::fill(o, o + dim_v, T(0));
+    if (x.lse) x.lse[p0 + r] = sum > 0 ? mx + std::log(sum) : ninf;
+  }
+  for (int m = 0; m < slots; ++m) {
+    const T* w = g.w + m * kGatherRows;
+    for (Index r = 0; r < rows; ++r)
+      if (w[r] != T(0)) axpy(w[r], x.v.row(mirror(p0 + r, m)), x.out.row(p0 + r), dim_v);
+  }
 }
 
 template <class T>
@@ -73,23 +112,10 @@ void run_hypercube(const QuadraticCall<T>& c, Index block, const Executor& exec,
     const Index parts = (n + kGatherRows - 1) / kGatherRows;
     exec.run(p.batch * p.heads * parts, threads, [&](int wk, Index item) {
       Arena a = worker_arena(wk);
-      const auto w = take_from<GatherScratch<T>>(a, p);
+      const auto g = take_from<GatherScratch<T>>(a, p);
       const Index bh = item / parts, b = bh / p.heads, h = bh % p.heads;
-      const HeadCtx<T> x = head_ctx(c, segment(*c.mask, p, b), h);
-      Index nb[kMaxHypercubeDegree];
-      for (Index i = (item % parts) * kGatherRows, end = std::min(n, i + kGatherRows); i < end; ++i) {
-        const Index all = sorted_neighbours(i, n, nb);
-        const Index count = static_cast<Index>(std::remove_if(nb, nb + all, [&](Index j) { return !x.band.visible(i, j); }) - nb);
-        const T* qr = x.q.row(i);
-        for (Index d = 0; d < dq; ++d) w.qs[d] = c.scale * qr[d];
-        std::fill(w.acc, w.acc + dv, T(0));
-        SoftmaxState<T> state;
-        absorb_keys(
-            w.qs, x.k, x.v, dq, dv, count, [&](Index jj) { return nb[jj]; }, [](T s, Index) { return s; }, w.sc, state,
-            w.acc);
-        const T lse = state.finish(w.acc, x.out.row(i), dv);
-        if (x.lse) x.lse[i] = lse;
-      }
+      const Index p0 = (item % parts) * kGatherRows;
+      gather_rows(head_ctx(c, segment(*c.mask, p, b), h), n, p0, std::min(n, p0 + kGatherRows), dq, dv, c.scale, g);
     });
     return;
   }
