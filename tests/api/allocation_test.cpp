@@ -11,7 +11,9 @@
 
 #include <gtest/gtest.h>
 
+#include <effattn/kinds/hypercube.hpp>
 #include <effattn/kinds/lara.hpp>
+#include <effattn/kinds/mra.hpp>
 #include <effattn/kinds/rfa.hpp>
 #include <effattn/kinds/softmax.hpp>
 
@@ -251,6 +253,45 @@ TYPED_TEST(SteadyState, RandomizedAttention) {
     config.mean = mean;
     config.samples = 3;
     expect_none(effattn::RandomizedAttention<T>(config), causal, "RA");
+  }
+}
+
+// MRA-2 (both modes, with priors and with the LSE output) and hypercube attention (token and block
+// level), with a workspace of workspace_bytes(problem, 2), run on two threads.
+TYPED_TEST(SteadyState, BlockSparseAttention) {
+  using T = TypeParam;
+  const Index B = 2, H = 4, Hkv = 2, L = 150, D = 32, Dv = 16;
+  CaseSpec s{.B = B, .H = H, .Hkv = Hkv, .Lq = L, .Lk = L, .Dqk = D, .Dv = Dv};
+  s.seed = 11300;
+  const Inputs<T> in = make_inputs<T>(s);
+  const effattn::Problem problem = effattn::Problem::of<T>(in.qv(), in.kv(), in.vv());
+  Buffer<T> out(in.out_size()), lse(in.lse_size());
+  const effattn::Tensor4<T> out_view(out.data(), in.out_dims());
+  std::vector<Index> lengths{L, 70};
+  effattn::Mask mask;
+  mask.key_lengths = lengths;
+  const auto expect_none = [&](const auto& attn, const char* what) {
+    effattn::Options<T> options;
+    options.executor = effattn::Executor::openmp(2);
+    std::vector<std::byte> workspace(attn.workspace_bytes(problem, 2));
+    options.workspace = workspace;
+    options.lse = effattn::Tensor3<T>(lse.data(), B, H, L);
+    const auto call = [&] { attn.forward(in.qv(), in.kv(), in.vv(), out_view, mask, options); };
+    call();
+    EXPECT_EQ(count_allocations(call), 0) << what;
+  };
+  for (const effattn::MraMode mode : {effattn::MraMode::full, effattn::MraMode::sparse}) {
+    effattn::MraConfig config;
+    config.block = 16;
+    config.mode = mode;
+    config.prior_first = 1;
+    config.prior_diag = 3;
+    expect_none(effattn::MraAttention<T>(config), "MRA");
+  }
+  for (const Index block : {1, 16}) {
+    effattn::HypercubeConfig config;
+    config.block = block;
+    expect_none(effattn::HypercubeAttention<T>(config), "hypercube");
   }
 }
 
