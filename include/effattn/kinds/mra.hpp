@@ -293,12 +293,21 @@ void mra_fine(const MraCall<T>& c, const MraShape& sh, Index b, Index h, Index I
 template <class T>
 void run_mra(const MraCall<T>& c, Executor exec, std::span<std::byte> workspace, MraSelection* report) {
   const Problem& p = c.qc.problem;
-  if (p.batch == 0 || p.heads == 0 || p.len_q == 0) return;
   const MraShape sh(p, *c.config);
+  const Index heads = p.batch * p.heads;
+  if (report) {  // sized for the call even when it has no work
+    report->batch = p.batch;
+    report->heads = p.heads;
+    report->query_blocks = sh.nq;
+    report->key_blocks = sh.nk;
+    report->block = sh.block;
+    report->offsets.assign(static_cast<std::size_t>(heads * (sh.nq + 1)), 0);
+    report->cols.clear();
+  }
+  if (p.batch == 0 || p.heads == 0 || p.len_q == 0) return;
   const int threads = std::max(exec.num_threads(), 1);
   const std::size_t per_head = plan_of<MraHead<T>>(sh).bytes();
   const std::size_t per_thread = plan_of<MraScratch<T>>(sh).bytes();
-  const Index heads = p.batch * p.heads;
   const std::size_t head_bytes = per_head * static_cast<std::size_t>(heads);
   Arena arena(workspace, head_bytes + per_thread * static_cast<std::size_t>(threads));
   std::byte* head_mem = arena.take<std::byte>(static_cast<Index>(head_bytes));
@@ -319,13 +328,6 @@ void run_mra(const MraCall<T>& c, Executor exec, std::span<std::byte> workspace,
   });
 
   if (report) {
-    report->batch = p.batch;
-    report->heads = p.heads;
-    report->query_blocks = sh.nq;
-    report->key_blocks = sh.nk;
-    report->block = sh.block;
-    report->offsets.assign(static_cast<std::size_t>(heads * (sh.nq + 1)), 0);
-    report->cols.clear();
     for (Index bh = 0; bh < heads; ++bh) {
       const MraHead<T> hd = head(bh);
       for (Index I = 0; I <= sh.nq; ++I)
