@@ -16,3 +16,5 @@
 #include "effattn/reference/softmax.hpp"
 #include "effattn/reference/rfa.hpp"
 #include "effattn/reference/lara.hpp"
+#include "effattn/reference/mra.hpp"
+#include "effattn/reference/hypercube.hpp"
